@@ -1,0 +1,39 @@
+"""Retrieval stage: catalogue -> text and image vectors -> FAISS index."""
+
+from __future__ import annotations
+
+from .errors import (
+    CatalogError,
+    ConfigError,
+    IndexIntegrityError,
+    MissingExtraError,
+    NewArrivalsError,
+    UnknownProductError,
+)
+from .schema import (
+    Catalog,
+    EventType,
+    Interaction,
+    Product,
+    Reject,
+    SourceRef,
+    TextSource,
+    product_document,
+)
+
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "ConfigError",
+    "EventType",
+    "IndexIntegrityError",
+    "Interaction",
+    "MissingExtraError",
+    "NewArrivalsError",
+    "Product",
+    "Reject",
+    "SourceRef",
+    "TextSource",
+    "UnknownProductError",
+    "product_document",
+]

@@ -1,0 +1,470 @@
+"""Bulk index rebuild: catalogue -> text and image vectors (cached) -> fused -> FAISS version.
+
+Each stage reports items/s; encoders load only when the cache misses, so a refresh where 1%
+of products changed encodes 1% of them. Quarantine rules:
+
+* a row the reader refuses (no id, duplicate id, bad price/timestamp) is rejected there;
+* an unreadable photo is rejected (kind ``image``) and its product is encoded from its text;
+* a product left with neither text nor a readable photo is rejected (kind ``product``);
+* with ``strict`` the first of any of these fails the build instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .ann import AnnConfig, auto_factory
+from .cache import EmbeddingCache
+from .device import faiss_gpu_count, resolve_device
+from .encoders import (
+    FusionConfig,
+    ImageEncoder,
+    ImageEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+    file_digest,
+    fuse,
+    fused_dim,
+    text_digest,
+)
+from .errors import CatalogError, ConfigError
+from .readers import read_catalog, write_rejects
+from .schema import Catalog, Product, Reject, SourceRef, product_document
+from .store import ProductStore
+from .version import FORMAT_VERSION, library_versions, new_version_id, publish_version, utc_now
+
+__all__ = ["BuildConfig", "BuildSummary", "StageStats", "build_index", "encode_products"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a bulk build needs; recorded in the version's manifest.
+
+    Args:
+        catalog: a catalogue in the generic schema or the H&M layout.
+        out: the index root; versions are published under it.
+        text: text encoder, or ``None`` to index photos only.
+        image: image tower, or ``None`` to index text only.
+        fusion: how the two vectors combine.
+        ann: FAISS index settings; ``None`` picks one by catalogue size.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the encoders.
+        cache_dir: embedding cache; default ``<out>/cache``.
+        strict: fail on the first bad row instead of quarantining it.
+        chunk_size: products encoded between cache checkpoints (the resume granularity).
+        progress: show progress bars.
+    """
+
+    catalog: Path
+    out: Path
+    text: TextEncoderConfig | None = field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig | None = field(default_factory=ImageEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    ann: AnnConfig | None = None
+    device: str = "auto"
+    cache_dir: Path | None = None
+    strict: bool = False
+    chunk_size: int = 1024
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.text is None and self.image is None:
+            raise ConfigError("both encoders are disabled; enable text, image or both.")
+        if self.chunk_size < 1:
+            raise ConfigError(f"chunk_size must be a positive integer, got {self.chunk_size}.")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.out / "cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "catalog": str(self.catalog),
+            "out": str(self.out),
+            "text": self.text.to_dict() if self.text else None,
+            "image": self.image.to_dict() if self.image else None,
+            "fusion": self.fusion.to_dict(),
+            "ann": self.ann.to_dict() if self.ann else None,
+            "device": self.device,
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "strict": self.strict,
+            "chunk_size": self.chunk_size,
+        }
+
+
+@dataclass
+class StageStats:
+    """Work done by one stage: items it handled, how many came from the cache, time."""
+
+    items: int = 0
+    encoded: int = 0
+    cached: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, for the run summary and the manifest."""
+
+    version_dir: Path
+    products_read: int
+    rejected_rows: int
+    image_rejects: int
+    content_rejects: int
+    indexed: int
+    with_text: int
+    with_image: int
+    with_both: int
+    stages: dict[str, StageStats]
+    seconds: float
+    rejects_file: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["version_dir"] = str(self.version_dir)
+        d["rejects_file"] = str(self.rejects_file)
+        for name, st in self.stages.items():
+            d["stages"][name]["per_second"] = round(st.per_second, 1) if st.seconds else None
+        return d
+
+    def format(self) -> str:
+        lines = [
+            f"index version: {self.version_dir}",
+            f"products read: {self.products_read}  rejected rows: {self.rejected_rows}  "
+            f"photos rejected: {self.image_rejects}  nothing to encode: {self.content_rejects}",
+            f"indexed: {self.indexed} (text {self.with_text}, photo {self.with_image}, "
+            f"both {self.with_both})",
+        ]
+        for name, st in self.stages.items():
+            rate = f"{st.per_second:,.0f} items/s" if st.seconds > 0 else "-"
+            lines.append(
+                f"  {name:<6} items {st.items:>8}  encoded {st.encoded:>8}  cached {st.cached:>8}"
+                f"  failed {st.failed:>5}  {st.seconds:7.2f}s  {rate}"
+            )
+        lines.append(f"total {self.seconds:.2f}s; rejects in {self.rejects_file}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Encoded:
+    vectors: np.ndarray | None
+    present: np.ndarray
+
+
+def _encode_cached(
+    keys: Sequence[str | None],
+    cache: EmbeddingCache,
+    encode: Callable[[list[int]], tuple[np.ndarray, np.ndarray, dict[int, str]]],
+    *,
+    chunk_size: int,
+    stats: StageStats,
+    desc: str,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Fill vectors from the cache, encode the misses chunk by chunk, cache each chunk.
+
+    ``encode(rows)`` returns (vectors, ok mask, failures by position in ``rows``). Rows with a
+    ``None`` key have no input for this modality. Identical keys are encoded once.
+    """
+    n = len(keys)
+    has_key = np.array([k is not None for k in keys], dtype=bool)
+    present_keys = [k for k in keys if k is not None]
+    found, cached_vecs = cache.lookup(present_keys)
+    vectors = np.zeros((n, cache.dim), dtype=np.float32)
+    present = np.zeros(n, dtype=bool)
+    key_rows = np.flatnonzero(has_key)
+    vectors[key_rows[found]] = cached_vecs[found]
+    present[key_rows[found]] = True
+    stats.items = int(has_key.sum())
+    stats.cached = int(found.sum())
+
+    # One representative row per distinct missing key.
+    first_row: dict[str, int] = {}
+    for row in key_rows[~found].tolist():
+        first_row.setdefault(str(keys[row]), row)
+    todo = list(first_row.items())
+    failures: dict[int, str] = {}
+    failed_keys: dict[str, str] = {}
+    bar = tqdm(total=len(todo), desc=desc, unit="item", disable=not progress or not todo)
+    for start in range(0, len(todo), chunk_size):
+        part = todo[start : start + chunk_size]
+        rows = [r for _, r in part]
+        vecs, ok, fails = encode(rows)
+        good = [i for i in range(len(part)) if ok[i]]
+        cache.put([part[i][0] for i in good], vecs[good])
+        for i, reason in fails.items():
+            failed_keys[part[i][0]] = reason
+        stats.encoded += len(good)
+        bar.update(len(part))
+    bar.close()
+    if todo:
+        # Spread results to every row that shares a key.
+        missing_rows = key_rows[~found]
+        miss_keys = [str(keys[r]) for r in missing_rows.tolist()]
+        fresh_found, fresh = cache.lookup(miss_keys)
+        vectors[missing_rows[fresh_found]] = fresh[fresh_found]
+        present[missing_rows[fresh_found]] = True
+        for r, k in zip(missing_rows.tolist(), miss_keys, strict=True):
+            if k in failed_keys:
+                failures[r] = failed_keys[k]
+    stats.failed = len(failures)
+    return vectors, present, failures
+
+
+def encode_products(
+    products: Sequence[Product],
+    *,
+    text_encoder: TextEncoder | None,
+    image_encoder: ImageEncoder | None,
+    fusion: FusionConfig,
+    cache_root: Path,
+    chunk_size: int = 1024,
+    progress: bool = False,
+    stats: dict[str, StageStats] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """Encode products through the cache and fuse them.
+
+    Returns:
+        ``(vectors, has_text, has_image, image_failures)``; a product with neither
+        modality gets a zero row.
+    """
+    stats = stats if stats is not None else {}
+    n = len(products)
+    text_vecs: np.ndarray | None = None
+    has_text = np.zeros(n, dtype=bool)
+    if text_encoder is not None:
+        st = stats.setdefault("text", StageStats())
+        t0 = time.perf_counter()
+        docs = [product_document(p) for p in products]
+        keys: list[str | None] = [text_digest(d) if d else None for d in docs]
+        text_enc = text_encoder
+        cache = EmbeddingCache(cache_root, text_enc.encoder_id, _dim_of(text_enc, cache_root))
+
+        def encode_text(rows: list[int]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+            vecs = text_enc.encode([docs[r] for r in rows])
+            return vecs, np.ones(len(rows), dtype=bool), {}
+
+        text_vecs, has_text, _ = _encode_cached(
+            keys, cache, encode_text, chunk_size=chunk_size, stats=st, desc="text", progress=progress
+        )
+        st.seconds = time.perf_counter() - t0
+
+    image_vecs: np.ndarray | None = None
+    has_image = np.zeros(n, dtype=bool)
+    failures: dict[int, str] = {}
+    if image_encoder is not None:
+        st = stats.setdefault("image", StageStats())
+        t0 = time.perf_counter()
+        img_keys: list[str | None] = []
+        for i, p in enumerate(products):
+            if not p.image:
+                img_keys.append(None)
+                continue
+            try:
+                img_keys.append(file_digest(Path(p.image)))
+            except OSError as exc:
+                failures[i] = f"image file unreadable: {p.image} ({exc.strerror or exc})"
+                img_keys.append(None)
+        image_enc = image_encoder
+        cache = EmbeddingCache(cache_root, image_enc.encoder_id, _dim_of(image_enc, cache_root))
+
+        def encode_images(rows: list[int]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+            res = image_enc.encode_paths([str(products[r].image) for r in rows])
+            return res.vectors, res.ok, res.failures
+
+        image_vecs, has_image, decode_failures = _encode_cached(
+            img_keys, cache, encode_images, chunk_size=chunk_size, stats=st, desc="image",
+            progress=progress,
+        )
+        failures.update(decode_failures)
+        st.failed = len(failures)
+        st.seconds = time.perf_counter() - t0
+
+    st = stats.setdefault("fuse", StageStats())
+    t0 = time.perf_counter()
+    vectors = fuse(fusion, text_vecs, has_text, image_vecs, has_image)
+    st.items = n
+    st.seconds = time.perf_counter() - t0
+    return vectors, has_text, has_image, failures
+
+
+def _dim_of(encoder: TextEncoder | ImageEncoder, cache_root: Path) -> int:
+    """The encoder's output dim, without loading the model when the cache already knows it.
+
+    Loading a model costs seconds; a refresh that is all cache hits should not pay it.
+    """
+    known = EmbeddingCache.known_dim(cache_root, encoder.encoder_id)
+    return known if known is not None else encoder.dim
+
+
+def build_index(config: BuildConfig) -> BuildSummary:
+    """Read a catalogue, encode it (through the cache) and publish a new index version.
+
+    Raises:
+        CatalogError: in strict mode on the first bad row, or when nothing can be indexed.
+    """
+    t_start = time.perf_counter()
+    stats: dict[str, StageStats] = {}
+    config.out.mkdir(parents=True, exist_ok=True)
+
+    st = stats.setdefault("read", StageStats())
+    t0 = time.perf_counter()
+    catalog = read_catalog(config.catalog, strict=config.strict)
+    st.items = len(catalog.products) + len(catalog.rejects)
+    st.seconds = time.perf_counter() - t0
+    logger.info("read %d products (%d rejected rows) from %s", len(catalog.products),
+                len(catalog.rejects), config.catalog)
+    if not catalog.products:
+        raise CatalogError(f"no usable product in {config.catalog}; see the rejects reported.")
+
+    device = resolve_device(config.device)
+    text_encoder = TextEncoder(config.text, device) if config.text else None
+    image_encoder = ImageEncoder(config.image, device) if config.image else None
+    vectors, has_text, has_image, failures = encode_products(
+        catalog.products,
+        text_encoder=text_encoder,
+        image_encoder=image_encoder,
+        fusion=config.fusion,
+        cache_root=config.resolved_cache_dir,
+        chunk_size=config.chunk_size,
+        progress=config.progress,
+        stats=stats,
+    )
+
+    rejects = list(catalog.rejects)
+    keep = has_text | has_image
+    image_rejects = _quarantine_images(catalog, failures, config.strict)
+    rejects.extend(image_rejects)
+    content_rejects = [
+        Reject(
+            source=catalog.provenance.get(p.product_id, SourceRef(str(config.catalog), 0)),
+            reason=f"product {p.product_id!r} has no text and no readable photo: nothing to encode",
+            raw=_json_line(p),
+            kind="product",
+        )
+        for p, k in zip(catalog.products, keep.tolist(), strict=True)
+        if not k
+    ]
+    if content_rejects and config.strict:
+        raise CatalogError(f"{content_rejects[0].source}: {content_rejects[0].reason} "
+                           "(fix the row or drop --strict)")
+    rejects.extend(content_rejects)
+    products = [p for p, k in zip(catalog.products, keep.tolist(), strict=True) if k]
+    if not products:
+        raise CatalogError(f"none of the {len(catalog.products)} products in {config.catalog} "
+                           "has text or a readable photo.")
+    vectors = vectors[keep]
+
+    text_dim = _dim_of(text_encoder, config.resolved_cache_dir) if text_encoder else None
+    image_dim = _dim_of(image_encoder, config.resolved_cache_dir) if image_encoder else None
+    dim = fused_dim(config.fusion, text_dim, image_dim)
+    ann = config.ann or AnnConfig(factory=auto_factory(len(products)))
+    if faiss_gpu_count() > 0 and device != "cpu" and not ann.use_gpu:
+        ann = replace(ann, use_gpu=True)
+
+    st = stats.setdefault("index", StageStats())
+    t0 = time.perf_counter()
+    store = ProductStore.build(products, vectors, ann)
+    tmp = config.out / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        store.save(tmp)
+        rejects_file = tmp / "rejects.jsonl"
+        write_rejects(rejects, rejects_file)
+        st.items = len(products)
+        st.seconds = time.perf_counter() - t0
+        now = utc_now()
+        version = new_version_id(now, tmp.name)
+        n_text = int(has_text[keep].sum())
+        n_image = int(has_image[keep].sum())
+        n_both = int((has_text & has_image)[keep].sum())
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "built_at": now.isoformat(),
+            "dim": dim,
+            "counts": {
+                "products_read": len(catalog.products),
+                "rejected_rows": len(catalog.rejects),
+                "image_rejects": len(image_rejects),
+                "content_rejects": len(content_rejects),
+                "indexed": len(products),
+                "with_text": n_text,
+                "with_image": n_image,
+                "with_both": n_both,
+                "interactions": len(catalog.interactions),
+            },
+            "encoders": {
+                "text": None if text_encoder is None else {
+                    "id": text_encoder.encoder_id,
+                    "model": text_encoder.config.model,
+                    "dim": text_dim,
+                },
+                "image": None if image_encoder is None else {
+                    "id": image_encoder.encoder_id,
+                    "model": image_encoder.config.model,
+                    "pretrained": image_encoder.config.pretrained,
+                    "trained": image_encoder.trained,
+                    "dim": image_dim,
+                },
+            },
+            "fusion": config.fusion.to_dict(),
+            "ann": ann.to_dict(),
+            "device": device,
+            "config": config.to_dict(),
+            "libraries": library_versions(),
+            "stats": {k: asdict(v) for k, v in stats.items()},
+        }
+        final = publish_version(tmp, config.out, manifest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = BuildSummary(
+        version_dir=final,
+        products_read=len(catalog.products),
+        rejected_rows=len(catalog.rejects),
+        image_rejects=len(image_rejects),
+        content_rejects=len(content_rejects),
+        indexed=len(products),
+        with_text=n_text,
+        with_image=n_image,
+        with_both=n_both,
+        stages=stats,
+        seconds=time.perf_counter() - t_start,
+        rejects_file=final / "rejects.jsonl",
+    )
+    logger.info("published %s (%d products) in %.1fs", final, len(products), summary.seconds)
+    return summary
+
+
+def _quarantine_images(catalog: Catalog, failures: dict[int, str], strict: bool) -> list[Reject]:
+    rejects = []
+    for row in sorted(failures):
+        p = catalog.products[row]
+        src = catalog.provenance.get(p.product_id, SourceRef(str(catalog.root or ""), 0))
+        reason = f"product {p.product_id!r}: {failures[row]}"
+        if strict:
+            raise CatalogError(f"{src}: {reason} (fix the photo or drop --strict)")
+        rejects.append(Reject(source=src, reason=reason, raw=_json_line(p), kind="image"))
+    return rejects
+
+
+def _json_line(product: Product) -> str:
+    return json.dumps(product.to_record(), ensure_ascii=False)

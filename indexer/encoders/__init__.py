@@ -1,0 +1,36 @@
+"""Encoders: product text and photos -> unit vectors, and their fusion."""
+
+from __future__ import annotations
+
+from .base import Encoder, file_digest, l2_normalize, text_digest
+from .fusion import FusionConfig, FusionMode, fuse, fused_dim
+from .image import (
+    BUILTIN_TOWERS,
+    ImageEncoder,
+    ImageEncoderConfig,
+    ImageEncodeResult,
+    UnreadableImageError,
+    load_photo,
+)
+from .text import BUNDLED_MINILM, TextEncoder, TextEncoderConfig, bundled_minilm_path
+
+__all__ = [
+    "BUILTIN_TOWERS",
+    "BUNDLED_MINILM",
+    "Encoder",
+    "FusionConfig",
+    "FusionMode",
+    "ImageEncodeResult",
+    "ImageEncoder",
+    "ImageEncoderConfig",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "UnreadableImageError",
+    "bundled_minilm_path",
+    "file_digest",
+    "fuse",
+    "fused_dim",
+    "l2_normalize",
+    "load_photo",
+    "text_digest",
+]

@@ -1,0 +1,118 @@
+"""Fusion of a product's text and image vectors into one product vector.
+
+Two modes:
+
+``concat`` (default while the image tower is not aligned to the text space)
+    ``[w_t * t, w_i * i]`` then L2-normalised. The two blocks are separate subspaces, so
+    any dims work. A missing modality is a zero block: a text-only product's similarity to
+    a user is the text similarity scaled by the text block's share of the user's vector.
+
+``sum`` (for an image tower trained into the text space, same dim)
+    ``w_t * t + w_i * i`` then L2-normalised. A missing modality is dropped and the present
+    one is used alone (after normalisation its weight no longer matters), so products with
+    one modality live in the same space as products with both.
+
+A product with neither modality has no vector; the build pipeline quarantines it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import l2_normalize
+
+__all__ = ["FusionConfig", "FusionMode", "fuse", "fused_dim"]
+
+
+class FusionMode(StrEnum):
+    CONCAT = "concat"
+    SUM = "sum"
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the modalities combine; weights are relative (only their ratio matters)."""
+
+    mode: FusionMode = FusionMode.CONCAT
+    text_weight: float = 1.0
+    image_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mode", FusionMode(self.mode))
+        except ValueError:
+            raise ConfigError(
+                f"fusion.mode must be one of {', '.join(m.value for m in FusionMode)}; "
+                f"got {self.mode!r}."
+            ) from None
+        for name in ("text_weight", "image_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value >= 0 and np.isfinite(value)):
+                raise ConfigError(f"fusion.{name} must be a finite number >= 0, got {value!r}.")
+        if self.text_weight == 0 and self.image_weight == 0:
+            raise ConfigError("fusion weights are both 0; give at least one modality weight > 0.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mode"] = self.mode.value
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FusionConfig:
+        return cls(**data)
+
+
+def fused_dim(config: FusionConfig, text_dim: int | None, image_dim: int | None) -> int:
+    """The product-vector dimension for the encoders in use (``None``: modality disabled)."""
+    dims = [d for d in (text_dim, image_dim) if d is not None]
+    if not dims:
+        raise ConfigError("at least one encoder (text or image) must be enabled.")
+    if config.mode is FusionMode.SUM:
+        if len(set(dims)) > 1:
+            raise ConfigError(
+                f"fusion.mode='sum' needs equal dims, but text is {text_dim} and image is "
+                f"{image_dim}; use fusion.mode='concat' or an image tower aligned to the text "
+                "space (newarrivals align-images)."
+            )
+        return dims[0]
+    return sum(dims)
+
+
+def fuse(
+    config: FusionConfig,
+    text: np.ndarray | None,
+    has_text: np.ndarray | None,
+    image: np.ndarray | None,
+    has_image: np.ndarray | None,
+) -> np.ndarray:
+    """Combine per-modality unit vectors row by row.
+
+    Args:
+        config: fusion mode and weights.
+        text: ``(n, d_t)`` text vectors or ``None`` when text encoding is disabled.
+        has_text: ``(n,)`` bool, which rows have text.
+        image: ``(n, d_i)`` image vectors or ``None`` when image encoding is disabled.
+        has_image: ``(n,)`` bool, which rows have a decoded photo.
+
+    Returns:
+        ``(n, dim)`` float32 unit vectors; all-zero rows for products with neither modality.
+    """
+    blocks: list[np.ndarray] = []
+    for vecs, mask, weight in ((text, has_text, config.text_weight),
+                               (image, has_image, config.image_weight)):
+        if vecs is None:
+            continue
+        present = np.ones(len(vecs), dtype=bool) if mask is None else np.asarray(mask, bool)
+        blocks.append(np.where(present[:, None], vecs, 0.0).astype(np.float32) * weight)
+    if not blocks:
+        raise ConfigError("fuse() needs at least one modality.")
+    if config.mode is FusionMode.SUM:
+        fused = blocks[0] if len(blocks) == 1 else blocks[0] + blocks[1]
+    else:
+        fused = np.concatenate(blocks, axis=1)
+    return l2_normalize(fused)

@@ -1,0 +1,258 @@
+"""The ``newarrivals`` command line: parse arguments into configs, call one library function.
+
+Logging and environment defaults are set here and only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from newarrivals.indexer import NewArrivalsError
+from newarrivals.indexer.ann import AnnConfig
+from newarrivals.indexer.build import BuildConfig, build_index
+from newarrivals.indexer.encoders import FusionConfig, ImageEncoderConfig, TextEncoderConfig
+from newarrivals.indexer.readers import read_catalog
+from newarrivals.indexer.retrieval import ColdUserError, retrieve_for_user, similar_products
+from newarrivals.indexer.schema import Product
+from newarrivals.indexer.store import Candidate, SearchFilter
+from newarrivals.indexer.synth import SynthConfig, generate, write_synthetic
+from newarrivals.indexer.users import UserVectors
+from newarrivals.indexer.version import IndexVersion
+from newarrivals.service.demo import DemoConfig, run_demo
+
+__all__ = ["main"]
+
+logger = logging.getLogger("newarrivals")
+
+
+def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("synth", help="generate the synthetic catalogue (the embedded default)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--products", type=int, default=2000)
+    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["jsonl", "parquet", "csv"], default="jsonl")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("build-index", help="bulk (re)build: catalogue -> vectors -> index version")
+    p.add_argument("--catalog", type=Path, required=True,
+                   help="generic-schema folder/file or an H&M-layout folder")
+    p.add_argument("--out", type=Path, required=True, help="index root (versions go under it)")
+    p.add_argument("--text-model", default=TextEncoderConfig.model,
+                   help="sentence-transformers model: bundled (default), local path or name")
+    p.add_argument("--no-text", action="store_true", help="index photos only")
+    p.add_argument("--image-model", default=ImageEncoderConfig.model,
+                   help="open_clip model name, local-dir:PATH, or builtin:tiny (default)")
+    p.add_argument("--image-pretrained", default=None,
+                   help="open_clip pretrained tag or local checkpoint path")
+    p.add_argument("--no-image", action="store_true", help="index text only")
+    p.add_argument("--fusion", choices=["concat", "sum"], default="concat")
+    p.add_argument("--text-weight", type=float, default=FusionConfig.text_weight)
+    p.add_argument("--image-weight", type=float, default=FusionConfig.image_weight)
+    p.add_argument("--ann", default=None,
+                   help="FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,SQ8 ...); "
+                        "default picks by catalogue size")
+    p.add_argument("--nprobe", type=int, default=AnnConfig.nprobe)
+    p.add_argument("--ef-search", type=int, default=AnnConfig.ef_search)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default: <out>/cache")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad row")
+    p.add_argument("--chunk-size", type=int, default=1024)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--summary-json", type=Path, default=None, help="write the summary as JSON")
+    p.set_defaults(func=_cmd_build)
+
+
+def _add_query_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--category", default=None, help="category path prefix, e.g. 'Women > Tops'")
+    p.add_argument("--min-price", type=float, default=None)
+    p.add_argument("--max-price", type=float, default=None)
+    p.add_argument("--launched-after", default=None, help="ISO date: new arrivals only")
+    p.add_argument("--include-unavailable", action="store_true")
+
+
+def _add_recommend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("recommend", help="top-k products for a user from their history")
+    p.add_argument("--index", type=Path, required=True, help="index root or version directory")
+    p.add_argument("--catalog", type=Path, required=True, help="catalogue with the interactions")
+    p.add_argument("--user", action="append", required=True, help="user id (repeatable)")
+    p.add_argument("--include-purchased", action="store_true")
+    _add_query_filters(p)
+    p.set_defaults(func=_cmd_recommend)
+
+    s = sub.add_parser("similar", help="products nearest a product")
+    s.add_argument("--index", type=Path, required=True)
+    s.add_argument("--catalog", type=Path, default=None, help="for titles in the output")
+    s.add_argument("--product", required=True)
+    _add_query_filters(s)
+    s.set_defaults(func=_cmd_similar)
+
+    i = sub.add_parser("info", help="print an index version's manifest")
+    i.add_argument("--index", type=Path, required=True)
+    i.set_defaults(func=_cmd_info)
+
+
+def _filter_from(args: argparse.Namespace) -> SearchFilter:
+    launched = None
+    if args.launched_after:
+        try:
+            launched = datetime.fromisoformat(args.launched_after)
+        except ValueError:
+            raise NewArrivalsError(
+                f"--launched-after must be an ISO date like 2020-06-22, got {args.launched_after!r}."
+            ) from None
+        if launched.tzinfo is None:
+            launched = launched.replace(tzinfo=UTC)
+    return SearchFilter(
+        category=args.category,
+        min_price=args.min_price,
+        max_price=args.max_price,
+        launched_after=launched,
+        available_only=not args.include_unavailable,
+    )
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    synth = generate(SynthConfig(n_products=args.products, n_users=args.users, seed=args.seed))
+    out = write_synthetic(synth, args.out, fmt=args.format)
+    print(f"wrote {len(synth.catalog.products)} products, {len(synth.catalog.interactions)} "
+          f"events, {len(synth.new_arrival_ids)} new arrivals (after {synth.cutoff.date()}) "
+          f"to {out}")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    config = BuildConfig(
+        catalog=args.catalog,
+        out=args.out,
+        text=None if args.no_text else TextEncoderConfig(model=args.text_model),
+        image=None if args.no_image else ImageEncoderConfig(
+            model=args.image_model, pretrained=args.image_pretrained
+        ),
+        fusion=FusionConfig(mode=args.fusion, text_weight=args.text_weight,
+                            image_weight=args.image_weight),
+        ann=AnnConfig(factory=args.ann, nprobe=args.nprobe, ef_search=args.ef_search)
+        if args.ann else None,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        strict=args.strict,
+        chunk_size=args.chunk_size,
+        progress=not args.no_progress,
+    )
+    summary = build_index(config)
+    print(summary.format())
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2))
+    return 0
+
+
+def _titles(catalog_path: Path | None) -> dict[str, Product]:
+    if catalog_path is None:
+        return {}
+    return {p.product_id: p for p in read_catalog(catalog_path).products}
+
+
+def _print_candidates(cands: Sequence[Candidate], products: dict[str, Product]) -> None:
+    for rank, c in enumerate(cands, 1):
+        p = products.get(c.product_id)
+        title = (p.title or "(no text)") if p else ""
+        launched = p.launched_at.date().isoformat() if p and p.launched_at else ""
+        print(f"  {rank:>3}. {c.product_id:<14} {c.score:6.3f}  {launched:<10}  {title[:60]}")
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    version = IndexVersion.load(args.index)
+    catalog = read_catalog(args.catalog)
+    users = UserVectors(version.store)
+    users.update_many(catalog.interactions)
+    products = {p.product_id: p for p in catalog.products}
+    flt = _filter_from(args)
+    status = 0
+    for user_id in args.user:
+        try:
+            cands = retrieve_for_user(version.store, users, user_id, args.k, flt,
+                                      exclude_purchased=not args.include_purchased)
+        except ColdUserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        state = users.state(user_id)
+        recent = ", ".join(products[p].title[:30] or p for p in (state.recent[:3] if state else [])
+                           if p in products)
+        print(f"user {user_id} (index {version.version}); recently: {recent}")
+        _print_candidates(cands, products)
+    return status
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    version = IndexVersion.load(args.index)
+    cands = similar_products(version.store, args.product, args.k, _filter_from(args))
+    _print_candidates(cands, _titles(args.catalog))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    version = IndexVersion.load(args.index, verify=False)
+    manifest = {k: v for k, v in version.manifest.items() if k != "content_hashes"}
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="synthetic catalogue -> index -> recommendations")
+    p.add_argument("--workdir", type=Path, default=DemoConfig.workdir)
+    p.add_argument("--products", type=int, default=DemoConfig.products)
+    p.add_argument("--users", type=int, default=DemoConfig.users)
+    p.add_argument("--seed", type=int, default=DemoConfig.seed)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(DemoConfig(workdir=args.workdir, products=args.products, users=args.users,
+                        seed=args.seed, device=args.device))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="newarrivals",
+        description="Content-based recommendations for brand-new products.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_build(sub)
+    _add_recommend(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The default models ship inside packages; never let a library reach for a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        return int(args.func(args))
+    except NewArrivalsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
