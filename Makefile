@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint typecheck pytest bench-faiss bench-encode clean
+.PHONY: install demo test lint typecheck mypy-path pytest bench-faiss bench-encode clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,17 +27,15 @@ demo: install
 
 # mypy cannot follow setuptools' editable-install import hook, so it reads the packages
 # through a folder of symlinks that spells out the installed namespace.
-.mypy-path/newarrivals:
+mypy-path:
 	mkdir -p .mypy-path/newarrivals
-	ln -sfn ../../indexer .mypy-path/newarrivals/indexer
-	ln -sfn ../../ranker .mypy-path/newarrivals/ranker
-	ln -sfn ../../service .mypy-path/newarrivals/service
+	for pkg in indexer ranker service; do ln -sfn ../../$$pkg .mypy-path/newarrivals/$$pkg; done
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: install .mypy-path/newarrivals
+typecheck: install mypy-path
 	MYPYPATH=.mypy-path $(BIN)/mypy -p newarrivals.indexer -p newarrivals.ranker -p newarrivals.service
 	MYPYPATH=.mypy-path $(BIN)/mypy benchmarks
 

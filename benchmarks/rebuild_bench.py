@@ -25,9 +25,22 @@ from PIL import Image
 
 
 def _build(catalog: Path, out: Path, summary: Path, extra: list[str]) -> tuple[float, dict]:  # type: ignore[type-arg]
-    cmd = [sys.executable, "-m", "newarrivals.service.cli", "build-index", "--catalog",
-           str(catalog), "--out", str(out), "--no-progress", "--device", "cpu",
-           "--summary-json", str(summary), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "newarrivals.service.cli",
+        "build-index",
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--summary-json",
+        str(summary),
+        *extra,
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -72,8 +85,11 @@ def main() -> None:
     shutil.rmtree(args.workdir, ignore_errors=True)
     catalog = args.workdir / "catalog"
     t0 = time.perf_counter()
-    write_synthetic(generate(SynthConfig(n_products=args.products, n_users=args.users,
-                                         seed=args.seed)), catalog, progress=False)
+    write_synthetic(
+        generate(SynthConfig(n_products=args.products, n_users=args.users, seed=args.seed)),
+        catalog,
+        progress=False,
+    )
     synth_s = time.perf_counter() - t0
     index = args.workdir / "index"
 
@@ -90,15 +106,21 @@ def main() -> None:
         ("rebuild, nothing changed", same_wall, same),
         (f"rebuild, 1% changed ({changed} products)", inc_wall, inc),
     ]
-    print(f"\nsynthetic catalogue: {args.products} products, {args.users} users "
-          f"(generated in {synth_s:.1f}s)\n")
-    print("| run | wall s (process) | build s (in-process) | text encoded | image encoded "
-          "| % of full (wall) | % of full (in-process) |")
+    print(
+        f"\nsynthetic catalogue: {args.products} products, {args.users} users "
+        f"(generated in {synth_s:.1f}s)\n"
+    )
+    print(
+        "| run | wall s (process) | build s (in-process) | text encoded | image encoded "
+        "| % of full (wall) | % of full (in-process) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, wall, s in rows:
-        print(f"| {name} | {wall:.1f} | {s['seconds']:.1f} | "
-              f"{int(stage(s, 'text', 'encoded'))} | {int(stage(s, 'image', 'encoded'))} | "
-              f"{100 * wall / full_wall:.1f}% | {100 * s['seconds'] / full['seconds']:.1f}% |")
+        print(
+            f"| {name} | {wall:.1f} | {s['seconds']:.1f} | "
+            f"{int(stage(s, 'text', 'encoded'))} | {int(stage(s, 'image', 'encoded'))} | "
+            f"{100 * wall / full_wall:.1f}% | {100 * s['seconds'] / full['seconds']:.1f}% |"
+        )
     print("\n| stage (full build) | items | seconds | items/s |\n|---|---|---|---|")
     for name in ("read", "text", "image", "fuse", "index"):
         st = full["stages"].get(name)
@@ -106,8 +128,17 @@ def main() -> None:
             rate = st["items"] / st["seconds"] if st["seconds"] else float("inf")
             print(f"| {name} | {st['items']} | {st['seconds']:.2f} | {rate:,.0f} |")
     if args.out:
-        args.out.write_text(json.dumps({"full": full, "same": same, "incremental": inc,
-                                        "wall": [full_wall, same_wall, inc_wall]}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "full": full,
+                    "same": same,
+                    "incremental": inc,
+                    "wall": [full_wall, same_wall, inc_wall],
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

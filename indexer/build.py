@@ -41,7 +41,7 @@ from .encoders import (
 from .errors import CatalogError, ConfigError
 from .readers import read_catalog, write_rejects
 from .schema import Catalog, Product, Reject, SourceRef, product_document
-from .store import ProductStore
+from .store import ProductIndex
 from .version import FORMAT_VERSION, library_versions, new_version_id, publish_version, utc_now
 
 __all__ = ["BuildConfig", "BuildSummary", "StageStats", "build_index", "encode_products"]
@@ -262,7 +262,13 @@ def encode_products(
             return vecs, np.ones(len(rows), dtype=bool), {}
 
         text_vecs, has_text, _ = _encode_cached(
-            keys, cache, encode_text, chunk_size=chunk_size, stats=st, desc="text", progress=progress
+            keys,
+            cache,
+            encode_text,
+            chunk_size=chunk_size,
+            stats=st,
+            desc="text",
+            progress=progress,
         )
         st.seconds = time.perf_counter() - t0
 
@@ -290,7 +296,12 @@ def encode_products(
             return res.vectors, res.ok, res.failures
 
         image_vecs, has_image, decode_failures = _encode_cached(
-            img_keys, cache, encode_images, chunk_size=chunk_size, stats=st, desc="image",
+            img_keys,
+            cache,
+            encode_images,
+            chunk_size=chunk_size,
+            stats=st,
+            desc="image",
             progress=progress,
         )
         failures.update(decode_failures)
@@ -329,8 +340,12 @@ def build_index(config: BuildConfig) -> BuildSummary:
     catalog = read_catalog(config.catalog, strict=config.strict)
     st.items = len(catalog.products) + len(catalog.rejects)
     st.seconds = time.perf_counter() - t0
-    logger.info("read %d products (%d rejected rows) from %s", len(catalog.products),
-                len(catalog.rejects), config.catalog)
+    logger.info(
+        "read %d products (%d rejected rows) from %s",
+        len(catalog.products),
+        len(catalog.rejects),
+        config.catalog,
+    )
     if not catalog.products:
         raise CatalogError(f"no usable product in {config.catalog}; see the rejects reported.")
 
@@ -363,13 +378,17 @@ def build_index(config: BuildConfig) -> BuildSummary:
         if not k
     ]
     if content_rejects and config.strict:
-        raise CatalogError(f"{content_rejects[0].source}: {content_rejects[0].reason} "
-                           "(fix the row or drop --strict)")
+        raise CatalogError(
+            f"{content_rejects[0].source}: {content_rejects[0].reason} "
+            "(fix the row or drop --strict)"
+        )
     rejects.extend(content_rejects)
     products = [p for p, k in zip(catalog.products, keep.tolist(), strict=True) if k]
     if not products:
-        raise CatalogError(f"none of the {len(catalog.products)} products in {config.catalog} "
-                           "has text or a readable photo.")
+        raise CatalogError(
+            f"none of the {len(catalog.products)} products in {config.catalog} "
+            "has text or a readable photo."
+        )
     vectors = vectors[keep]
 
     text_dim = _dim_of(text_encoder, config.resolved_cache_dir) if text_encoder else None
@@ -381,7 +400,7 @@ def build_index(config: BuildConfig) -> BuildSummary:
 
     st = stats.setdefault("index", StageStats())
     t0 = time.perf_counter()
-    store = ProductStore.build(products, vectors, ann)
+    store = ProductIndex.build(products, vectors, ann)
     tmp = config.out / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
@@ -412,12 +431,16 @@ def build_index(config: BuildConfig) -> BuildSummary:
                 "interactions": len(catalog.interactions),
             },
             "encoders": {
-                "text": None if text_encoder is None else {
+                "text": None
+                if text_encoder is None
+                else {
                     "id": text_encoder.encoder_id,
                     "model": text_encoder.config.model,
                     "dim": text_dim,
                 },
-                "image": None if image_encoder is None else {
+                "image": None
+                if image_encoder is None
+                else {
                     "id": image_encoder.encoder_id,
                     "model": image_encoder.config.model,
                     "pretrained": image_encoder.config.pretrained,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,10 +108,12 @@ class EmbeddingCache:
             return
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         if vecs.shape != (len(keys), self.dim):
-            raise ValueError(f"expected vectors of shape ({len(keys)}, {self.dim}), got {vecs.shape}")
+            raise ValueError(
+                f"expected vectors of shape ({len(keys)}, {self.dim}), got {vecs.shape}"
+            )
         arr = np.array([k.encode() for k in keys], dtype=_KEY_DTYPE)
         name = f"shard-{uuid.uuid4().hex}"
         tmp = self.dir / f".{name}.tmp.npz"
         np.savez(tmp, keys=arr, vectors=vecs)
-        os.replace(tmp, self.dir / f"{name}.npz")
+        tmp.replace(self.dir / f"{name}.npz")
         self._add(arr, vecs)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import NewArrivalsError, UnknownProductError
-from .store import Candidate, ProductStore, SearchFilter
+from .store import Candidate, ProductIndex, SearchFilter
 from .users import UserVectors
 
 __all__ = ["ColdUserError", "retrieve_for_user", "similar_products"]
@@ -18,7 +18,7 @@ class ColdUserError(NewArrivalsError, LookupError):
 
 
 def retrieve_for_user(
-    store: ProductStore,
+    store: ProductIndex,
     users: UserVectors,
     user_id: str,
     k: int,
@@ -45,7 +45,7 @@ def retrieve_for_user(
 
 
 def similar_products(
-    store: ProductStore, product_id: str, k: int, search_filter: SearchFilter | None = None
+    store: ProductIndex, product_id: str, k: int, search_filter: SearchFilter | None = None
 ) -> list[Candidate]:
     """Products nearest a given product (itself excluded)."""
     if product_id not in store:

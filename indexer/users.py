@@ -24,7 +24,7 @@ import numpy as np
 from .encoders.base import l2_normalize
 from .errors import ConfigError
 from .schema import EventType, Interaction
-from .store import ProductStore
+from .store import ProductIndex
 
 __all__ = ["DEFAULT_EVENT_WEIGHTS", "UserState", "UserVectorConfig", "UserVectors"]
 
@@ -85,8 +85,9 @@ class UserVectors:
         >>> store.search(users.vector("u1")[None, :], k=10)  # doctest: +SKIP
     """
 
-    def __init__(self, store: ProductStore, config: UserVectorConfig | None = None,
-                 *, recent_limit: int = 20) -> None:
+    def __init__(
+        self, store: ProductIndex, config: UserVectorConfig | None = None, *, recent_limit: int = 20
+    ) -> None:
         self.store = store
         self.config = config or UserVectorConfig()
         self.recent_limit = recent_limit
@@ -141,7 +142,8 @@ class UserVectors:
         st = self._states.get(user_id)
         if st is None or not np.any(st.vector_sum):
             return None
-        return l2_normalize(st.vector_sum.astype(np.float32)[None, :])[0]
+        unit: np.ndarray = l2_normalize(st.vector_sum.astype(np.float32)[None, :])[0]
+        return unit
 
     def erase(self, user_id: str) -> bool:
         return self._states.pop(user_id, None) is not None

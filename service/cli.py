@@ -44,23 +44,37 @@ def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("build-index", help="bulk (re)build: catalogue -> vectors -> index version")
-    p.add_argument("--catalog", type=Path, required=True,
-                   help="generic-schema folder/file or an H&M-layout folder")
+    p.add_argument(
+        "--catalog",
+        type=Path,
+        required=True,
+        help="generic-schema folder/file or an H&M-layout folder",
+    )
     p.add_argument("--out", type=Path, required=True, help="index root (versions go under it)")
-    p.add_argument("--text-model", default=TextEncoderConfig.model,
-                   help="sentence-transformers model: bundled (default), local path or name")
+    p.add_argument(
+        "--text-model",
+        default=TextEncoderConfig.model,
+        help="sentence-transformers model: bundled (default), local path or name",
+    )
     p.add_argument("--no-text", action="store_true", help="index photos only")
-    p.add_argument("--image-model", default=ImageEncoderConfig.model,
-                   help="open_clip model name, local-dir:PATH, or builtin:tiny (default)")
-    p.add_argument("--image-pretrained", default=None,
-                   help="open_clip pretrained tag or local checkpoint path")
+    p.add_argument(
+        "--image-model",
+        default=ImageEncoderConfig.model,
+        help="open_clip model name, local-dir:PATH, or builtin:tiny (default)",
+    )
+    p.add_argument(
+        "--image-pretrained", default=None, help="open_clip pretrained tag or local checkpoint path"
+    )
     p.add_argument("--no-image", action="store_true", help="index text only")
     p.add_argument("--fusion", choices=["concat", "sum"], default="concat")
     p.add_argument("--text-weight", type=float, default=FusionConfig.text_weight)
     p.add_argument("--image-weight", type=float, default=FusionConfig.image_weight)
-    p.add_argument("--ann", default=None,
-                   help="FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,SQ8 ...); "
-                        "default picks by catalogue size")
+    p.add_argument(
+        "--ann",
+        default=None,
+        help="FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF1024,SQ8 ...); "
+        "default picks by catalogue size",
+    )
     p.add_argument("--nprobe", type=int, default=AnnConfig.nprobe)
     p.add_argument("--ef-search", type=int, default=AnnConfig.ef_search)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -109,7 +123,8 @@ def _filter_from(args: argparse.Namespace) -> SearchFilter:
             launched = datetime.fromisoformat(args.launched_after)
         except ValueError:
             raise NewArrivalsError(
-                f"--launched-after must be an ISO date like 2020-06-22, got {args.launched_after!r}."
+                "--launched-after must be an ISO date like 2020-06-22, "
+                f"got {args.launched_after!r}."
             ) from None
         if launched.tzinfo is None:
             launched = launched.replace(tzinfo=UTC)
@@ -125,9 +140,11 @@ def _filter_from(args: argparse.Namespace) -> SearchFilter:
 def _cmd_synth(args: argparse.Namespace) -> int:
     synth = generate(SynthConfig(n_products=args.products, n_users=args.users, seed=args.seed))
     out = write_synthetic(synth, args.out, fmt=args.format)
-    print(f"wrote {len(synth.catalog.products)} products, {len(synth.catalog.interactions)} "
-          f"events, {len(synth.new_arrival_ids)} new arrivals (after {synth.cutoff.date()}) "
-          f"to {out}")
+    print(
+        f"wrote {len(synth.catalog.products)} products, {len(synth.catalog.interactions)} "
+        f"events, {len(synth.new_arrival_ids)} new arrivals (after {synth.cutoff.date()}) "
+        f"to {out}"
+    )
     return 0
 
 
@@ -136,13 +153,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
         catalog=args.catalog,
         out=args.out,
         text=None if args.no_text else TextEncoderConfig(model=args.text_model),
-        image=None if args.no_image else ImageEncoderConfig(
-            model=args.image_model, pretrained=args.image_pretrained
+        image=None
+        if args.no_image
+        else ImageEncoderConfig(model=args.image_model, pretrained=args.image_pretrained),
+        fusion=FusionConfig(
+            mode=args.fusion, text_weight=args.text_weight, image_weight=args.image_weight
         ),
-        fusion=FusionConfig(mode=args.fusion, text_weight=args.text_weight,
-                            image_weight=args.image_weight),
         ann=AnnConfig(factory=args.ann, nprobe=args.nprobe, ef_search=args.ef_search)
-        if args.ann else None,
+        if args.ann
+        else None,
         device=args.device,
         cache_dir=args.cache_dir,
         strict=args.strict,
@@ -180,15 +199,24 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     status = 0
     for user_id in args.user:
         try:
-            cands = retrieve_for_user(version.store, users, user_id, args.k, flt,
-                                      exclude_purchased=not args.include_purchased)
+            cands = retrieve_for_user(
+                version.store,
+                users,
+                user_id,
+                args.k,
+                flt,
+                exclude_purchased=not args.include_purchased,
+            )
         except ColdUserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 2
             continue
         state = users.state(user_id)
-        recent = ", ".join(products[p].title[:30] or p for p in (state.recent[:3] if state else [])
-                           if p in products)
+        recent = ", ".join(
+            products[p].title[:30] or p
+            for p in (state.recent[:3] if state else [])
+            if p in products
+        )
         print(f"user {user_id} (index {version.version}); recently: {recent}")
         _print_candidates(cands, products)
     return status
@@ -219,8 +247,15 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(DemoConfig(workdir=args.workdir, products=args.products, users=args.users,
-                        seed=args.seed, device=args.device))
+    run_demo(
+        DemoConfig(
+            workdir=args.workdir,
+            products=args.products,
+            users=args.users,
+            seed=args.seed,
+            device=args.device,
+        )
+    )
     return 0
 
 

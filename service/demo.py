@@ -46,14 +46,16 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> BuildSum
     catalog_dir = config.workdir / f"catalog-{config.products}-{config.users}-s{config.seed}"
     if not (catalog_dir / "ground_truth.json").is_file():
         say(f"[1/3] generating the synthetic catalogue into {catalog_dir}")
-        synth = generate(SynthConfig(n_products=config.products, n_users=config.users,
-                                     seed=config.seed))
+        synth = generate(
+            SynthConfig(n_products=config.products, n_users=config.users, seed=config.seed)
+        )
         write_synthetic(synth, catalog_dir)
     else:
         say(f"[1/3] reusing the synthetic catalogue in {catalog_dir}")
     say("[2/3] building the index (text + photo vectors, FAISS)")
-    summary = build_index(BuildConfig(catalog=catalog_dir, out=config.workdir / "index",
-                                      device=config.device))
+    summary = build_index(
+        BuildConfig(catalog=catalog_dir, out=config.workdir / "index", device=config.device)
+    )
     say(summary.format())
 
     say("[3/3] recommendations from each user's history, before and after the cutoff")
@@ -75,11 +77,14 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> BuildSum
         say("  all products:")
         for rank, c in enumerate(retrieve_for_user(version.store, users, user_id, config.k), 1):
             say(_line(rank, c, products))
-        say(f"  new arrivals only (launched after {truth.cutoff.date()}, zero interactions "
-            "before it):")
+        say(
+            f"  new arrivals only (launched after {truth.cutoff.date()}, zero interactions "
+            "before it):"
+        )
         flt = SearchFilter(launched_after=truth.cutoff)
-        for rank, c in enumerate(retrieve_for_user(version.store, users, user_id, config.k, flt),
-                                 1):
+        for rank, c in enumerate(
+            retrieve_for_user(version.store, users, user_id, config.k, flt), 1
+        ):
             say(_line(rank, c, products))
         shown += 1
     new_id = next(p for p in truth.new_arrival_ids if p in version.store)

@@ -52,13 +52,18 @@ def tiny_text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hf_dir = root / "hf"
     hf_dir.mkdir()
     src = bundled_minilm_path()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json"):
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(src / name, hf_dir / name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+        cfg = BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
         BertModel(cfg).save_pretrained(hf_dir)
     transformer = Transformer(str(hf_dir), max_seq_length=64)
     pooling = Pooling(32, pooling_mode="mean")
@@ -91,6 +96,5 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from newarrivals.indexer.synth import SynthConfig, generate, write_synthetic
 
     out = tmp_path_factory.mktemp("synth")
-    write_synthetic(generate(SynthConfig(n_products=200, n_users=40, seed=7)), out,
-                    progress=False)
+    write_synthetic(generate(SynthConfig(n_products=200, n_users=40, seed=7)), out, progress=False)
     yield out

@@ -29,7 +29,8 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalisation in float32; zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    out: np.ndarray = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return out
 
 
 def text_digest(text: str) -> str:

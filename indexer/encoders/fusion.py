@@ -103,8 +103,10 @@ def fuse(
         ``(n, dim)`` float32 unit vectors; all-zero rows for products with neither modality.
     """
     blocks: list[np.ndarray] = []
-    for vecs, mask, weight in ((text, has_text, config.text_weight),
-                               (image, has_image, config.image_weight)):
+    for vecs, mask, weight in (
+        (text, has_text, config.text_weight),
+        (image, has_image, config.image_weight),
+    ):
         if vecs is None:
             continue
         present = np.ones(len(vecs), dtype=bool) if mask is None else np.asarray(mask, bool)

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_TOWERS",
+    "ImageEncodeResult",
     "ImageEncoder",
     "ImageEncoderConfig",
-    "ImageEncodeResult",
     "UnreadableImageError",
     "load_photo",
 ]
@@ -50,10 +50,20 @@ logger = logging.getLogger(__name__)
 BUILTIN_TOWERS: dict[str, dict[str, Any]] = {
     "tiny": {
         "embed_dim": 384,
-        "vision_cfg": {"image_size": 64, "layers": 3, "width": 128, "head_width": 32,
-                       "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
-                     "layers": 1},
+        "vision_cfg": {
+            "image_size": 64,
+            "layers": 3,
+            "width": 128,
+            "head_width": 32,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 1,
+        },
     },
 }
 
@@ -100,7 +110,9 @@ class ImageEncoderConfig:
                 f"{self.model!r} carries its own weights. Drop image.pretrained."
             )
         if self.batch_size < 1:
-            raise ConfigError(f"image.batch_size must be a positive integer, got {self.batch_size}.")
+            raise ConfigError(
+                f"image.batch_size must be a positive integer, got {self.batch_size}."
+            )
         if self.workers < 1:
             raise ConfigError(f"image.workers must be a positive integer, got {self.workers}.")
 
@@ -185,8 +197,9 @@ class ImageEncoder:
                 "image encoding needs open_clip: `pip install open_clip_torch torchvision`."
             ) from exc
         cfg = self.config
-        logger.info("loading image tower %s (pretrained=%s) on %s", cfg.model, cfg.pretrained,
-                    self.device)
+        logger.info(
+            "loading image tower %s (pretrained=%s) on %s", cfg.model, cfg.pretrained, self.device
+        )
         # Seed only a forked RNG: a random initialisation must be reproducible (it is part of
         # the cache key) without touching the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]):

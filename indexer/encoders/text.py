@@ -121,8 +121,10 @@ class TextEncoder:
 
     @cached_property
     def dim(self) -> int:
-        get = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
+        model = self.model
+        # sentence-transformers 6 renamed the method; accept both spellings.
+        get = getattr(model, "get_embedding_dimension", None) or (
+            model.get_sentence_embedding_dimension
         )
         value = get()
         if value is None:

@@ -10,6 +10,7 @@ from PIL import Image
 from newarrivals.indexer import ConfigError
 from newarrivals.indexer.encoders import (
     FusionConfig,
+    FusionMode,
     ImageEncoder,
     ImageEncoderConfig,
     TextEncoder,
@@ -121,11 +122,13 @@ def test_fusion_rules_for_missing_modalities() -> None:
     i = np.array([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
     has_t = np.array([True, True, False])
     has_i = np.array([True, False, True])
-    s = fuse(FusionConfig(mode="sum", text_weight=1, image_weight=1), t, has_t, i, has_i)
+    s = fuse(FusionConfig(mode=FusionMode.SUM, text_weight=1, image_weight=1), t, has_t, i, has_i)
     np.testing.assert_allclose(s[0], [2**-0.5, 2**-0.5], atol=1e-6)
     np.testing.assert_allclose(s[1], [0, 1], atol=1e-6)  # text only: the text vector
     np.testing.assert_allclose(s[2], [1, 0], atol=1e-6)  # photo only: the photo vector
-    c = fuse(FusionConfig(mode="concat", text_weight=1, image_weight=0.5), t, has_t, i, has_i)
+    c = fuse(
+        FusionConfig(mode=FusionMode.CONCAT, text_weight=1, image_weight=0.5), t, has_t, i, has_i
+    )
     assert c.shape == (3, 4)
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(c[1], [0, 1, 0, 0], atol=1e-6)
@@ -135,13 +138,13 @@ def test_fusion_rules_for_missing_modalities() -> None:
 
 
 def test_fusion_config_validation() -> None:
-    with pytest.raises(ConfigError, match="fusion.mode must be one of concat, sum; got 'avg'"):
+    with pytest.raises(ConfigError, match=r"fusion\.mode must be one of concat, sum; got 'avg'"):
         FusionConfig(mode="avg")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="text_weight"):
         FusionConfig(text_weight=-1)
     with pytest.raises(ConfigError, match="both 0"):
         FusionConfig(text_weight=0, image_weight=0)
     with pytest.raises(ConfigError, match="text is 384 and image is 512"):
-        fused_dim(FusionConfig(mode="sum"), 384, 512)
+        fused_dim(FusionConfig(mode=FusionMode.SUM), 384, 512)
     assert fused_dim(FusionConfig(), 384, 512) == 896
-    assert fused_dim(FusionConfig(mode="sum"), 384, None) == 384
+    assert fused_dim(FusionConfig(mode=FusionMode.SUM), 384, None) == 384

@@ -7,16 +7,16 @@ import pytest
 
 from newarrivals.indexer import ConfigError, EventType, Interaction, Product
 from newarrivals.indexer.ann import AnnConfig
-from newarrivals.indexer.store import ProductStore
+from newarrivals.indexer.store import ProductIndex
 from newarrivals.indexer.users import UserVectorConfig, UserVectors
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def _store() -> ProductStore:
+def _store() -> ProductIndex:
     vecs = np.eye(4, dtype=np.float32)
     products = [Product(f"p{i}", title=f"p{i}") for i in range(4)]
-    return ProductStore.build(products, vecs, AnnConfig())
+    return ProductIndex.build(products, vecs, AnnConfig())
 
 
 def _ev(user: str, pid: str, event: EventType, days: float) -> Interaction:
