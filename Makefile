@@ -37,7 +37,7 @@ lint: install
 
 typecheck: install mypy-path
 	MYPYPATH=.mypy-path $(BIN)/mypy -p newarrivals.indexer -p newarrivals.ranker -p newarrivals.service
-	MYPYPATH=.mypy-path $(BIN)/mypy benchmarks
+	MYPYPATH=.mypy-path $(BIN)/mypy benchmarks tests
 
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -396,7 +396,10 @@ def build_index(config: BuildConfig) -> BuildSummary:
     dim = fused_dim(config.fusion, text_dim, image_dim)
     ann = config.ann or AnnConfig(factory=auto_factory(len(products)))
     if faiss_gpu_count() > 0 and device != "cpu" and not ann.use_gpu:
-        ann = replace(ann, use_gpu=True)
+        try:
+            ann = replace(ann, use_gpu=True)
+        except ConfigError as exc:  # FAISS has no GPU form of this index type
+            logger.info("FAISS index stays on the CPU: %s", exc)
 
     st = stats.setdefault("index", StageStats())
     t0 = time.perf_counter()

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.hm import read_hm
 from newarrivals.indexer.readers import read_catalog
 from newarrivals.indexer.schema import EventType, SourceRef, TextSource
-from PIL import Image
 
 # The real sample sits next to the repository (../shared/data/hm), never inside it.
 REAL_HM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hm"
@@ -260,3 +261,43 @@ def test_real_sample_loads_with_its_documented_coverage() -> None:
     assert all(by_id[article_id].has_image for article_id in bought)
     assert all(len(article_id) == 10 for article_id in by_id)
     assert elapsed < 30, f"loading the H&M sample took {elapsed:.1f}s"
+
+
+def test_hm_layout_indexes_text_only_image_only_and_both(
+    hm_root: Path, tiny_text_model_dir: Path, tiny_clip_dir: Path, tmp_path: Path
+) -> None:
+    from newarrivals.indexer.build import BuildConfig, build_index
+    from newarrivals.indexer.encoders import ImageEncoderConfig, TextEncoderConfig
+    from newarrivals.indexer.version import IndexVersion
+
+    summary = build_index(
+        BuildConfig(
+            catalog=hm_root,
+            out=tmp_path / "index",
+            text=TextEncoderConfig(model=str(tiny_text_model_dir)),
+            image=ImageEncoderConfig(model=f"local-dir:{tiny_clip_dir}"),
+            device="cpu",
+            progress=False,
+        )
+    )
+    store = IndexVersion.load(summary.version_dir).store
+    for product_id in ("0100001001", "0100001002", "0200002001", "0300003001"):
+        assert product_id in store
+    assert summary.with_both >= 2  # own text + photo, sibling text + photo
+    assert summary.with_image - summary.with_both >= 1  # 0200002001: photo only
+    assert summary.with_text - summary.with_both >= 1  # 0300003001: text only
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_HM.is_dir(), reason="the shared H&M sample is not next to the repo")
+def test_real_hm_sample_indexes(tmp_path: Path) -> None:
+    """Full-size: bundled MiniLM + the built-in tower over 24,717 products (minutes on 2 cores)."""
+    from newarrivals.indexer.build import BuildConfig, build_index
+
+    summary = build_index(
+        BuildConfig(catalog=REAL_HM, out=tmp_path / "index", device="cpu", progress=False)
+    )
+    assert summary.indexed == summary.products_read
+    assert summary.with_image == 17_033
+    assert summary.with_image - summary.with_both == 9_906  # photo only
+    assert summary.with_text - summary.with_both > 0  # listed, never bought: text only

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.readers import (
     read_catalog,

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
+
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.schema import EventType, TextSource
 from newarrivals.indexer.synth import (
@@ -24,7 +26,6 @@ from newarrivals.indexer.synth import (
     load_ground_truth,
     write_synthetic,
 )
-from PIL import Image, ImageDraw
 
 SMALL = SynthConfig(n_products=200, n_users=40, seed=11)
 

@@ -1,0 +1,782 @@
+"""The product-level index: string product ids, filterable metadata, vectors and an ANN index.
+
+:class:`ProductIndex` is what the rest of the system searches. It maps external string
+ids to int64 ids (assigned incrementally, never reused, so a stale int id can never point
+at a different product), keeps a columnar metadata table for vectorised filtering, keeps
+the float32 vectors (for user vectors and exact fallbacks), and delegates nearest-neighbour
+search to a :class:`~newarrivals.indexer.ann.VectorIndex`.
+
+Rows are kept in int-id order and hold live products only, so ``int_ids`` is sorted and
+an int id's row is found with ``np.searchsorted``.
+
+On-disk layout inside one directory (the caller versions and publishes the directory):
+
+================  ===============================================================
+``index.faiss``   the ANN index, CPU form (``faiss.write_index``)
+``ids.json``      ``{"next_id", "int_ids", "product_ids"}`` in int-id order
+``vectors.npy``   float32 ``(count, dim)``, rows in int-id order
+``meta.npz``      columns: category vocabulary and codes, price (NaN = none),
+                  launched_at (epoch microseconds, int64 min = none), available
+``ann.json``      ``{"format", "config", "dim", "count", "faiss_version"}``
+================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from .ann import AnnConfig, VectorIndex, load_index, make_index
+from .errors import CatalogError, ConfigError, IndexIntegrityError, UnknownProductError
+from .schema import CATEGORY_SEPARATOR, Product
+
+__all__ = ["Candidate", "ProductIndex", "SearchFilter"]
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+IdArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+FORMAT_VERSION: Final = 1
+INDEX_FILE: Final = "index.faiss"
+IDS_FILE: Final = "ids.json"
+VECTORS_FILE: Final = "vectors.npy"
+META_FILE: Final = "meta.npz"
+ANN_FILE: Final = "ann.json"
+
+#: launched_at sentinel for "unknown"; it fails every launched_after comparison.
+NO_LAUNCH: Final = int(np.iinfo(np.int64).min)
+
+#: Rebuild an HNSW index from the stored vectors once this share of it is tombstones.
+COMPACT_TOMBSTONE_SHARE: Final = 0.25
+
+#: Rows per block in exact search: bounds the (queries x rows) score matrix.
+_EXACT_BLOCK: Final = 65_536
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One search result: a product id and its inner-product score (higher is closer)."""
+
+    product_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which products a search may return.
+
+    Args:
+        category: Category path prefix, matched case-insensitively on whole segments:
+            ``"Women > Tops"`` matches ``Women > Tops > T-shirt`` but not
+            ``Women > Topshop``. ``"/"`` also separates segments.
+        min_price: Inclusive lower price bound; products without a price are excluded
+            when either bound is set.
+        max_price: Inclusive upper price bound.
+        launched_after: Only products launched strictly after this timezone-aware time;
+            products without ``launched_at`` are excluded when it is set.
+        available_only: Drop products marked unavailable (the default: unavailable
+            products are never recommended).
+        exclude_ids: Product ids never to return (e.g. what the user already bought);
+            unknown ids are ignored.
+
+    Example:
+        >>> from datetime import UTC, datetime
+        >>> f = SearchFilter(category="Women > Tops", max_price=40.0,
+        ...                  launched_after=datetime(2024, 5, 1, tzinfo=UTC),
+        ...                  exclude_ids=frozenset({"sku-1"}))
+        >>> f.category_prefix
+        'women > tops'
+    """
+
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+    launched_after: datetime | None = None
+    available_only: bool = True
+    exclude_ids: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if self.category is not None and not _normalise_category(self.category):
+            raise ConfigError(
+                f"category must be a non-empty path such as 'Women > Tops', got "
+                f"{self.category!r}; pass None for no category filter."
+            )
+        for name in ("min_price", "max_price"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number or None, got {value!r}.")
+            if not np.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
+        if (
+            self.min_price is not None
+            and self.max_price is not None
+            and self.min_price > self.max_price
+        ):
+            raise ConfigError(
+                f"min_price ({self.min_price}) is greater than max_price "
+                f"({self.max_price}); swap them or drop one bound."
+            )
+        if self.launched_after is not None:
+            if not isinstance(self.launched_after, datetime):
+                raise ConfigError(
+                    f"launched_after must be a datetime, got {self.launched_after!r}."
+                )
+            if self.launched_after.tzinfo is None:
+                raise ConfigError(
+                    f"launched_after must be timezone-aware, got naive "
+                    f"{self.launched_after.isoformat()}; add tzinfo=UTC."
+                )
+        if not isinstance(self.available_only, bool):
+            raise ConfigError(f"available_only must be True or False, got {self.available_only!r}.")
+        exclude: object = self.exclude_ids
+        if isinstance(exclude, str):
+            raise ConfigError(
+                f"exclude_ids must be a collection of product ids, got the string "
+                f"{exclude!r}; wrap it: frozenset({{{exclude!r}}})."
+            )
+        if not isinstance(exclude, frozenset) and isinstance(exclude, Iterable):
+            # Accept any iterable of ids but store it immutably (the filter is frozen).
+            object.__setattr__(self, "exclude_ids", frozenset(exclude))
+
+    @property
+    def category_prefix(self) -> str | None:
+        """The normalised (lower-cased, ``" > "``-joined) category prefix."""
+        return None if self.category is None else _normalise_category(self.category)
+
+
+class ProductIndex:
+    """Products, their vectors and metadata, searchable with filters.
+
+    Build it with :meth:`build` or :meth:`load`; the constructor is internal.
+
+    Filtered search still returns ``k`` results when at least ``k`` products pass: the
+    allowed ids go to the ANN backend as an ``IDSelector``; when the allowed set is small
+    (fewer than ``exact_below`` products or ``exact_fraction`` of the index) the search
+    is exact over those products' stored vectors instead (faster than steering a graph or
+    inverted lists through a mostly-forbidden index, and exact); and any query for which
+    the approximate backend returns fewer than ``min(k, allowed)`` results is redone
+    exactly over the allowed subset.
+
+    Not thread-safe for mutation: mutate a copy (or rebuild) and swap, while searches run
+    on the published one. Concurrent searches are safe.
+
+    Example:
+        >>> import numpy as np
+        >>> from newarrivals.indexer import Product
+        >>> products = [Product("a", category=("Women", "Tops"), price=20.0),
+        ...             Product("b", category=("Men", "Shoes"), price=90.0),
+        ...             Product("c", category=("Women", "Tops", "T-shirt"), price=15.0)]
+        >>> vectors = np.eye(3, 4, dtype=np.float32)
+        >>> index = ProductIndex.build(products, vectors, AnnConfig(factory="Flat"))
+        >>> hits = index.search(vectors[1], k=2, filter=SearchFilter(category="women"))
+        >>> [c.product_id for c in hits[0]]
+        ['a', 'c']
+        >>> index.remove(["a"]), len(index), "a" in index
+        (1, 2, False)
+    """
+
+    def __init__(
+        self,
+        *,
+        config: AnnConfig,
+        index: VectorIndex,
+        int_ids: IdArray,
+        product_ids: Sequence[str],
+        vectors: FloatArray,
+        category_vocab: Sequence[str],
+        category_code: npt.NDArray[np.int32],
+        price: npt.NDArray[np.float64],
+        launched_us: IdArray,
+        available: BoolArray,
+        next_id: int,
+        exact_below: int = 10_000,
+        exact_fraction: float = 0.05,
+    ) -> None:
+        if exact_below < 0 or not 0.0 <= exact_fraction <= 1.0:
+            raise ConfigError(
+                f"exact_below must be >= 0 and exact_fraction in [0, 1], got "
+                f"{exact_below} and {exact_fraction}."
+            )
+        self._config = config
+        self._index = index
+        self._int_ids = int_ids
+        self._pids = np.asarray(list(product_ids), dtype=object)
+        self._id_of: dict[str, int] = {
+            pid: int(i) for pid, i in zip(product_ids, int_ids.tolist(), strict=True)
+        }
+        self._vectors = vectors
+        self._vocab: list[str] = list(category_vocab)
+        self._code_of: dict[str, int] = {c: i for i, c in enumerate(self._vocab)}
+        self._category_code = category_code
+        self._price = price
+        self._launched_us = launched_us
+        self._available = available
+        self._next_id = next_id
+        self.exact_below = exact_below
+        self.exact_fraction = exact_fraction
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        products: Sequence[Product],
+        vectors: FloatArray,
+        config: AnnConfig,
+        *,
+        exact_below: int = 10_000,
+        exact_fraction: float = 0.05,
+    ) -> ProductIndex:
+        """Index ``products`` with their vectors (row ``i`` belongs to ``products[i]``).
+
+        Args:
+            products: Products with unique ids.
+            vectors: ``(len(products), dim)`` float32; L2-normalised here (on a copy).
+            config: ANN backend settings.
+            exact_below: Filtered searches allowing fewer products than this are exact.
+            exact_fraction: ... or allowing less than this share of the index.
+
+        Returns:
+            A searchable index; int ids ``0 .. len(products) - 1`` in product order.
+        """
+        x = np.asarray(vectors)
+        if x.ndim != 2:
+            raise ValueError(f"vectors must be a 2-d (n, dim) array, got shape {x.shape}.")
+        dim = int(x.shape[1])
+        store = cls(
+            config=config,
+            index=make_index(config, dim),
+            int_ids=np.empty(0, dtype=np.int64),
+            product_ids=[],
+            vectors=np.empty((0, dim), dtype=np.float32),
+            category_vocab=[],
+            category_code=np.empty(0, dtype=np.int32),
+            price=np.empty(0, dtype=np.float64),
+            launched_us=np.empty(0, dtype=np.int64),
+            available=np.empty(0, dtype=bool),
+            next_id=0,
+            exact_below=exact_below,
+            exact_fraction=exact_fraction,
+        )
+        unit = store._check_batch(products, x)
+        ids = np.arange(len(products), dtype=np.int64)
+        store._index.build(unit, ids)
+        store._append(products, unit, ids)
+        store._next_id = len(products)
+        return store
+
+    # -- basic accessors ------------------------------------------------------------
+
+    @property
+    def config(self) -> AnnConfig:
+        return self._config
+
+    @property
+    def dim(self) -> int:
+        return int(self._vectors.shape[1])
+
+    @property
+    def ann(self) -> VectorIndex:
+        """The ANN backend (read-only use)."""
+        return self._index
+
+    def __len__(self) -> int:
+        return int(self._int_ids.size)
+
+    def __contains__(self, product_id: object) -> bool:
+        return isinstance(product_id, str) and product_id in self._id_of
+
+    def product_ids(self) -> list[str]:
+        """Live product ids in int-id (insertion) order."""
+        return [str(p) for p in self._pids.tolist()]
+
+    def vector(self, product_id: str) -> FloatArray:
+        """A copy of one product's unit vector."""
+        row: FloatArray = self.vectors_for([product_id])[0]
+        return row
+
+    def vectors_for(self, product_ids: Sequence[str]) -> FloatArray:
+        """Copies of the unit vectors of ``product_ids``, ``(len(product_ids), dim)``."""
+        rows = self._rows_of(product_ids)
+        return self._vectors[rows].copy()
+
+    # -- mutation -------------------------------------------------------------------
+
+    def add(self, products: Sequence[Product], vectors: FloatArray) -> None:
+        """Upsert products: a known id is removed and re-added under a fresh int id.
+
+        Args:
+            products: Products with ids unique within the batch.
+            vectors: ``(len(products), dim)`` float32, row ``i`` for ``products[i]``.
+        """
+        unit = self._check_batch(products, np.asarray(vectors))
+        if not products:
+            return
+        existing = [p.product_id for p in products if p.product_id in self._id_of]
+        if existing:
+            self._remove_known(existing)
+        ids = np.arange(self._next_id, self._next_id + len(products), dtype=np.int64)
+        self._index.add(unit, ids)
+        self._append(products, unit, ids)
+        self._next_id += len(products)
+        self._maybe_compact()
+
+    def remove(self, product_ids: Iterable[str], *, missing_ok: bool = False) -> int:
+        """Delist products: they never come back from search.
+
+        Args:
+            product_ids: Ids to remove.
+            missing_ok: Ignore unknown ids instead of raising.
+
+        Returns:
+            How many products were removed.
+
+        Raises:
+            UnknownProductError: An id is unknown and ``missing_ok`` is False (nothing is
+                removed then).
+        """
+        wanted = list(dict.fromkeys(product_ids))
+        missing = [p for p in wanted if p not in self._id_of]
+        if missing and not missing_ok:
+            raise UnknownProductError(
+                f"cannot remove {len(missing)} unknown product id(s): {_preview(missing)}; "
+                f"pass missing_ok=True to ignore them."
+            )
+        known = [p for p in wanted if p in self._id_of]
+        if not known:
+            return 0
+        removed = self._remove_known(known)
+        self._maybe_compact()
+        return removed
+
+    def compact(self) -> None:
+        """Rebuild the ANN index from the stored vectors (drops HNSW tombstones)."""
+        self._index.build(self._vectors, self._int_ids)
+
+    # -- search ---------------------------------------------------------------------
+
+    def search(
+        self, queries: FloatArray, k: int, filter: SearchFilter | None = None
+    ) -> list[list[Candidate]]:
+        """The best ``k`` products per query that pass ``filter``.
+
+        Args:
+            queries: ``(q, dim)`` or ``(dim,)`` float32 query vectors (normalise them for
+                cosine scores; ranking does not depend on the query norm).
+            k: Results per query.
+            filter: Restrictions; ``None`` means ``SearchFilter()`` (available only).
+
+        Returns:
+            One list per query of ``min(k, products passing the filter)`` candidates,
+            best first.
+        """
+        q = self._check_queries(queries)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        k = int(k)
+        mask = self._mask(filter if filter is not None else SearchFilter())
+        n = len(self)
+        allowed_rows = None if mask is None else np.flatnonzero(mask)
+        n_allowed = n if allowed_rows is None else int(allowed_rows.size)
+        if q.shape[0] == 0 or n_allowed == 0:
+            return [[] for _ in range(q.shape[0])]
+        want = min(k, n_allowed)
+        if allowed_rows is not None and (
+            n_allowed < self.exact_below or n_allowed < self.exact_fraction * n
+        ):
+            return self._candidates(*self._exact(q, allowed_rows, want))
+
+        allowed_ids = None if allowed_rows is None else self._int_ids[allowed_rows]
+        scores, ids = self._index.search(q, want, allowed=allowed_ids)
+        rows = self._rows_of_int(ids)
+        short = np.flatnonzero((rows >= 0).sum(axis=1) < want)
+        if short.size:
+            # Approximate backends can come back short under tight filters (an IVF's
+            # probed lists or an HNSW's beam hold too few allowed ids): redo those
+            # queries exactly over the allowed subset.
+            logger.debug("exact fallback for %d of %d queries", short.size, q.shape[0])
+            ex_scores, ex_rows = self._exact(q[short], allowed_rows, want)
+            scores[short] = ex_scores
+            rows[short] = ex_rows
+        return self._candidates(scores, rows)
+
+    def _mask(self, f: SearchFilter) -> BoolArray | None:
+        """Rows passing ``f`` (vectorised); ``None`` when every row passes."""
+        n = len(self)
+        mask = np.ones(n, dtype=bool)
+        if f.available_only:
+            mask &= self._available
+        prefix = f.category_prefix
+        if prefix is not None:
+            deeper = prefix + CATEGORY_SEPARATOR
+            vocab_ok = np.fromiter(
+                (c == prefix or c.startswith(deeper) for c in self._vocab),
+                dtype=bool,
+                count=len(self._vocab),
+            )
+            mask &= vocab_ok[self._category_code] if vocab_ok.size else False
+        # NaN prices compare False, so unpriced products drop out under a price bound.
+        if f.min_price is not None:
+            mask &= self._price >= f.min_price
+        if f.max_price is not None:
+            mask &= self._price <= f.max_price
+        if f.launched_after is not None:
+            mask &= self._launched_us > _to_us(f.launched_after)
+        if f.exclude_ids:
+            known = [p for p in f.exclude_ids if p in self._id_of]
+            if known:
+                mask[self._rows_of(known)] = False
+        return None if bool(mask.all()) else mask
+
+    def _exact(self, q: FloatArray, rows: IdArray | None, k: int) -> tuple[FloatArray, IdArray]:
+        """Exact top-``k`` rows among ``rows`` (all rows when None), blockwise."""
+        total = len(self) if rows is None else int(rows.size)
+        best_s = np.full((q.shape[0], 0), -np.inf, dtype=np.float32)
+        best_r = np.empty((q.shape[0], 0), dtype=np.int64)
+        for lo in range(0, total, _EXACT_BLOCK):
+            hi = min(total, lo + _EXACT_BLOCK)
+            block_rows = np.arange(lo, hi) if rows is None else rows[lo:hi]
+            block = self._vectors[lo:hi] if rows is None else self._vectors[block_rows]
+            s = q @ block.T
+            cand_s = np.concatenate([best_s, s], axis=1)
+            cand_r = np.concatenate(
+                [best_r, np.broadcast_to(block_rows.astype(np.int64), s.shape)], axis=1
+            )
+            if cand_s.shape[1] > k:
+                top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+                cand_s = np.take_along_axis(cand_s, top, axis=1)
+                cand_r = np.take_along_axis(cand_r, top, axis=1)
+            best_s, best_r = cand_s, cand_r
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        return (
+            np.take_along_axis(best_s, order, axis=1).astype(np.float32),
+            np.take_along_axis(best_r, order, axis=1),
+        )
+
+    def _candidates(self, scores: FloatArray, rows: IdArray) -> list[list[Candidate]]:
+        out: list[list[Candidate]] = []
+        for s_row, r_row in zip(scores.tolist(), rows.tolist(), strict=True):
+            out.append(
+                [
+                    Candidate(str(self._pids[r]), float(s))
+                    for s, r in zip(s_row, r_row, strict=True)
+                    if r >= 0
+                ]
+            )
+        return out
+
+    # -- persistence ----------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write the index into ``directory`` (created if needed; files overwritten)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._index.save(directory / INDEX_FILE)
+        ids = {
+            "next_id": self._next_id,
+            "int_ids": self._int_ids.tolist(),
+            "product_ids": self.product_ids(),
+        }
+        (directory / IDS_FILE).write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
+        np.save(directory / VECTORS_FILE, self._vectors, allow_pickle=False)
+        with (directory / META_FILE).open("wb") as fh:
+            np.savez(
+                fh,
+                category_vocab=np.asarray(self._vocab, dtype=np.str_),
+                category_code=self._category_code,
+                price=self._price,
+                launched_us=self._launched_us,
+                available=self._available,
+            )
+        ann = {
+            "format": FORMAT_VERSION,
+            "config": replace(self._config, use_gpu=False).to_dict(),
+            "dim": self.dim,
+            "count": len(self),
+            "faiss_version": faiss.__version__,
+        }
+        (directory / ANN_FILE).write_text(json.dumps(ann, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        use_gpu: bool = False,
+        exact_below: int = 10_000,
+        exact_fraction: float = 0.05,
+    ) -> ProductIndex:
+        """Read an index written by :meth:`save`, checking its invariants.
+
+        Args:
+            directory: The directory :meth:`save` wrote.
+            use_gpu: Search on GPU (resolve it once at the edge).
+            exact_below: See :meth:`build`.
+            exact_fraction: See :meth:`build`.
+
+        Raises:
+            IndexIntegrityError: A file is missing or the files disagree (the message
+                names both numbers).
+        """
+        directory = Path(directory)
+        for name in (ANN_FILE, IDS_FILE, VECTORS_FILE, META_FILE, INDEX_FILE):
+            if not (directory / name).is_file():
+                raise IndexIntegrityError(
+                    f"{directory / name} is missing; the directory is not a complete "
+                    f"ProductIndex (rebuild or re-publish it)."
+                )
+        ann = _read_json(directory / ANN_FILE, ("format", "config", "dim", "count"))
+        if ann.get("format") != FORMAT_VERSION:
+            raise IndexIntegrityError(
+                f"{directory / ANN_FILE} has format {ann.get('format')!r}, this code reads "
+                f"format {FORMAT_VERSION}; rebuild the index."
+            )
+        config = replace(AnnConfig.from_dict(ann["config"]), use_gpu=use_gpu)
+        ids = _read_json(directory / IDS_FILE, ("next_id", "int_ids", "product_ids"))
+        product_ids = [str(p) for p in ids["product_ids"]]
+        int_ids = np.asarray(ids["int_ids"], dtype=np.int64)
+        next_id = int(ids["next_id"])
+        vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
+        with np.load(directory / META_FILE, allow_pickle=False) as meta:
+            columns = {name: meta[name] for name in meta.files}
+        index = load_index(directory / INDEX_FILE, config)
+
+        def check(what: str, got: int, expected_what: str, expected: int) -> None:
+            if got != expected:
+                raise IndexIntegrityError(
+                    f"{directory}: {what} is {got} but {expected_what} is {expected}; the "
+                    f"files are inconsistent, rebuild or re-publish the index."
+                )
+
+        n = len(product_ids)
+        check(f"{IDS_FILE} int_ids count", int(int_ids.size), "product_ids count", n)
+        check(f"{INDEX_FILE} live count (ntotal)", len(index), f"{IDS_FILE} id count", n)
+        check(f"{VECTORS_FILE} row count", int(vectors.shape[0]), f"{IDS_FILE} id count", n)
+        check(f"{ANN_FILE} count", int(ann["count"]), f"{IDS_FILE} id count", n)
+        if vectors.ndim != 2 or vectors.dtype != np.float32:
+            raise IndexIntegrityError(
+                f"{VECTORS_FILE} must be float32 (n, dim), got {vectors.dtype} "
+                f"{vectors.shape}; rebuild the index."
+            )
+        check(f"{VECTORS_FILE} dim", int(vectors.shape[1]), f"{INDEX_FILE} dim", index.dim)
+        check(f"{ANN_FILE} dim", int(ann["dim"]), f"{INDEX_FILE} dim", index.dim)
+        for name in ("category_code", "price", "launched_us", "available"):
+            if name not in columns:
+                raise IndexIntegrityError(f"{META_FILE} lacks column {name!r}; rebuild.")
+            check(f"{META_FILE} {name} length", int(columns[name].shape[0]), "id count", n)
+        if len(set(product_ids)) != n:
+            check("distinct product id count", len(set(product_ids)), "product id count", n)
+        if n and (np.any(int_ids[1:] <= int_ids[:-1]) or int(int_ids[-1]) >= next_id):
+            raise IndexIntegrityError(
+                f"{IDS_FILE}: int_ids must increase and stay below next_id={next_id}; "
+                f"rebuild the index."
+            )
+        if not np.array_equal(index.ids(), int_ids):
+            stray = np.setxor1d(index.ids(), int_ids)
+            raise IndexIntegrityError(
+                f"{INDEX_FILE} and {IDS_FILE} disagree on {stray.size} int id(s), e.g. "
+                f"{stray[:5].tolist()}; rebuild the index."
+            )
+        vocab = [str(c) for c in columns["category_vocab"].tolist()]
+        codes = columns["category_code"].astype(np.int32)
+        if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= len(vocab)):
+            check(
+                f"{META_FILE} max category code + 1",
+                int(codes.max()) + 1,
+                "vocabulary size",
+                len(vocab),
+            )
+        return cls(
+            config=config,
+            index=index,
+            int_ids=int_ids,
+            product_ids=product_ids,
+            vectors=np.ascontiguousarray(vectors),
+            category_vocab=vocab,
+            category_code=codes,
+            price=columns["price"].astype(np.float64),
+            launched_us=columns["launched_us"].astype(np.int64),
+            available=columns["available"].astype(bool),
+            next_id=next_id,
+            exact_below=exact_below,
+            exact_fraction=exact_fraction,
+        )
+
+    # -- internals ------------------------------------------------------------------
+
+    def _check_batch(self, products: Sequence[Product], x: np.ndarray[Any, Any]) -> FloatArray:
+        """Validate a batch and return unit-norm float32 vectors (a copy)."""
+        if x.ndim != 2 or x.shape[0] != len(products) or x.shape[1] != self.dim:
+            raise ValueError(
+                f"vectors must have shape ({len(products)}, {self.dim}) (one row per "
+                f"product), got {x.shape}."
+            )
+        seen: set[str] = set()
+        dups = []
+        for p in products:
+            if p.product_id in seen:
+                dups.append(p.product_id)
+            seen.add(p.product_id)
+        if dups:
+            raise CatalogError(
+                f"duplicate product ids in one batch: {_preview(dups)}; keep one row per id."
+            )
+        unit = np.array(x, dtype=np.float32, order="C", copy=True)
+        norms = np.linalg.norm(unit, axis=1)
+        bad = ~np.isfinite(norms) | (norms < 1e-12)
+        if bad.any():
+            ids = [products[i].product_id for i in np.flatnonzero(bad).tolist()]
+            raise CatalogError(
+                f"vectors for {_preview(ids)} are zero or not finite and cannot be "
+                f"normalised; re-encode those products or leave them out."
+            )
+        if unit.shape[0]:
+            faiss.normalize_L2(unit)
+        return unit
+
+    def _check_queries(self, queries: FloatArray) -> FloatArray:
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(
+                f"queries must have shape (q, {self.dim}) or ({self.dim},), got "
+                f"{np.shape(queries)}."
+            )
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if not np.isfinite(q).all():
+            raise ValueError("queries contain NaN or infinite values; fix the query vectors.")
+        return q
+
+    def _append(self, products: Sequence[Product], unit: FloatArray, ids: IdArray) -> None:
+        codes = np.empty(len(products), dtype=np.int32)
+        for i, p in enumerate(products):
+            path = _normalise_category(CATEGORY_SEPARATOR.join(p.category))
+            code = self._code_of.get(path)
+            if code is None:
+                code = len(self._vocab)
+                self._vocab.append(path)
+                self._code_of[path] = code
+            codes[i] = code
+        price = np.array(
+            [np.nan if p.price is None else float(p.price) for p in products], dtype=np.float64
+        )
+        launched = np.array([_launch_us(p) for p in products], dtype=np.int64)
+        available = np.array([bool(p.available) for p in products], dtype=bool)
+        self._int_ids = np.concatenate([self._int_ids, ids])
+        self._pids = np.concatenate(
+            [self._pids, np.asarray([p.product_id for p in products], dtype=object)]
+        )
+        self._vectors = np.concatenate([self._vectors, unit])
+        self._category_code = np.concatenate([self._category_code, codes])
+        self._price = np.concatenate([self._price, price])
+        self._launched_us = np.concatenate([self._launched_us, launched])
+        self._available = np.concatenate([self._available, available])
+        for p, i in zip(products, ids.tolist(), strict=True):
+            self._id_of[p.product_id] = int(i)
+
+    def _remove_known(self, product_ids: Sequence[str]) -> int:
+        rows = self._rows_of(product_ids)
+        removed = self._index.remove(np.sort(self._int_ids[rows]))
+        if removed != len(rows):
+            raise IndexIntegrityError(
+                f"the ANN index removed {removed} vectors for {len(rows)} known products; "
+                f"rebuild the index."
+            )
+        keep = np.ones(len(self), dtype=bool)
+        keep[rows] = False
+        self._int_ids = self._int_ids[keep]
+        self._pids = self._pids[keep]
+        self._vectors = self._vectors[keep]
+        self._category_code = self._category_code[keep]
+        self._price = self._price[keep]
+        self._launched_us = self._launched_us[keep]
+        self._available = self._available[keep]
+        for pid in product_ids:
+            del self._id_of[pid]
+        return removed
+
+    def _maybe_compact(self) -> None:
+        dead = self._index.tombstones
+        if dead and dead > COMPACT_TOMBSTONE_SHARE * (dead + len(self)):
+            logger.info("compacting: %d tombstones, %d live vectors", dead, len(self))
+            self.compact()
+
+    def _rows_of(self, product_ids: Sequence[str]) -> IdArray:
+        missing = [p for p in product_ids if p not in self._id_of]
+        if missing:
+            raise UnknownProductError(
+                f"{len(missing)} unknown product id(s): {_preview(missing)}; check the id "
+                f"or add the product first."
+            )
+        int_ids = np.fromiter((self._id_of[p] for p in product_ids), dtype=np.int64)
+        return np.searchsorted(self._int_ids, int_ids).astype(np.int64)
+
+    def _rows_of_int(self, int_ids: IdArray) -> IdArray:
+        """Rows of backend result ids; -1 stays -1."""
+        if not self._int_ids.size:
+            return np.full(int_ids.shape, -1, dtype=np.int64)
+        rows = np.searchsorted(self._int_ids, int_ids)
+        rows = np.minimum(rows, self._int_ids.size - 1)
+        valid = int_ids >= 0
+        if not np.array_equal(self._int_ids[rows][valid], int_ids[valid]):
+            raise IndexIntegrityError(
+                "the ANN index returned int ids that no live product has; rebuild the index."
+            )
+        return np.where(valid, rows, -1).astype(np.int64)
+
+
+def _normalise_category(path: str) -> str:
+    """Lower-case, ``" > "``-joined path; ``/`` and ``>`` both separate segments."""
+    parts = [p.strip().lower() for p in path.replace("/", ">").split(">")]
+    return CATEGORY_SEPARATOR.join(p for p in parts if p)
+
+
+def _to_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _launch_us(product: Product) -> int:
+    if product.launched_at is None:
+        return NO_LAUNCH
+    if product.launched_at.tzinfo is None:
+        raise CatalogError(
+            f"product {product.product_id!r} has a naive launched_at "
+            f"{product.launched_at.isoformat()}; readers must produce timezone-aware UTC."
+        )
+    return _to_us(product.launched_at)
+
+
+def _read_json(path: Path, required: Sequence[str]) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IndexIntegrityError(f"cannot read {path}: {exc}; rebuild the index.") from exc
+    if not isinstance(data, dict):
+        raise IndexIntegrityError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise IndexIntegrityError(f"{path} lacks keys {missing}; rebuild the index.")
+    return data
+
+
+def _preview(values: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return f"[{shown}]{more}"
