@@ -44,7 +44,14 @@ from .schema import Catalog, Product, Reject, SourceRef, product_document
 from .store import ProductIndex
 from .version import FORMAT_VERSION, library_versions, new_version_id, publish_version, utc_now
 
-__all__ = ["BuildConfig", "BuildSummary", "StageStats", "build_index", "encode_products"]
+__all__ = [
+    "BuildConfig",
+    "BuildSummary",
+    "EncodedProducts",
+    "StageStats",
+    "build_index",
+    "encode_products",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +169,21 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-@dataclass
-class _Encoded:
-    vectors: np.ndarray | None
-    present: np.ndarray
+@dataclass(frozen=True)
+class EncodedProducts:
+    """Vectors for a list of products, row ``i`` for product ``i``.
+
+    ``text``/``image`` are ``None`` when that encoder is disabled; rows without the
+    modality are zero and ``has_text``/``has_image`` say which rows are real.
+    ``failures`` maps a row to the reason its photo could not be used.
+    """
+
+    text: np.ndarray | None
+    has_text: np.ndarray
+    image: np.ndarray | None
+    has_image: np.ndarray
+    failures: dict[int, str]
+    vectors: np.ndarray
 
 
 def _encode_cached(
@@ -238,12 +256,12 @@ def encode_products(
     chunk_size: int = 1024,
     progress: bool = False,
     stats: dict[str, StageStats] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+) -> EncodedProducts:
     """Encode products through the cache and fuse them.
 
     Returns:
-        ``(vectors, has_text, has_image, image_failures)``; a product with neither
-        modality gets a zero row.
+        Per-modality vectors and masks, photo failures, and the fused vectors (a product
+        with neither modality gets a zero row).
     """
     stats = stats if stats is not None else {}
     n = len(products)
@@ -313,7 +331,14 @@ def encode_products(
     vectors = fuse(fusion, text_vecs, has_text, image_vecs, has_image)
     st.items = n
     st.seconds = time.perf_counter() - t0
-    return vectors, has_text, has_image, failures
+    return EncodedProducts(
+        text=text_vecs,
+        has_text=has_text,
+        image=image_vecs,
+        has_image=has_image,
+        failures=failures,
+        vectors=vectors,
+    )
 
 
 def _dim_of(encoder: TextEncoder | ImageEncoder, cache_root: Path) -> int:
@@ -352,7 +377,7 @@ def build_index(config: BuildConfig) -> BuildSummary:
     device = resolve_device(config.device)
     text_encoder = TextEncoder(config.text, device) if config.text else None
     image_encoder = ImageEncoder(config.image, device) if config.image else None
-    vectors, has_text, has_image, failures = encode_products(
+    encoded = encode_products(
         catalog.products,
         text_encoder=text_encoder,
         image_encoder=image_encoder,
@@ -363,9 +388,10 @@ def build_index(config: BuildConfig) -> BuildSummary:
         stats=stats,
     )
 
+    has_text, has_image = encoded.has_text, encoded.has_image
     rejects = list(catalog.rejects)
     keep = has_text | has_image
-    image_rejects = _quarantine_images(catalog, failures, config.strict)
+    image_rejects = _quarantine_images(catalog, encoded.failures, config.strict)
     rejects.extend(image_rejects)
     content_rejects = [
         Reject(
@@ -389,7 +415,7 @@ def build_index(config: BuildConfig) -> BuildSummary:
             f"none of the {len(catalog.products)} products in {config.catalog} "
             "has text or a readable photo."
         )
-    vectors = vectors[keep]
+    vectors = encoded.vectors[keep]
 
     text_dim = _dim_of(text_encoder, config.resolved_cache_dir) if text_encoder else None
     image_dim = _dim_of(image_encoder, config.resolved_cache_dir) if image_encoder else None
