@@ -1,25 +1,67 @@
-"""Retrieval queries over a loaded index version: for a user, and for a product."""
+"""Retrieval queries over a loaded index version: for a user, and for a product.
+
+Cold users (no event on an indexed product) get a documented fallback through
+:func:`recommend_for_user`, flagged in its :class:`RetrievalResult`:
+
+    The fallback query is the *popular centroid*: the L2-normalised mean of the vectors of
+    the ``top_n`` most popular indexed products, each weighted by its popularity, where
+    popularity is the event-weighted count of interactions in the ``window_days`` before
+    ``now`` (default: the latest interaction). The nearest products to that centroid
+    that pass the filter are returned, so with a new-arrivals filter
+    (``launched_after=cutoff``) a cold user sees the new arrivals that best match what is
+    popular right now. With no interaction in the window the whole history counts; with
+    none at all, the centroid of every indexed product.
+
+:func:`retrieve_for_user` keeps its contract (it raises :class:`ColdUserError`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from .errors import NewArrivalsError, UnknownProductError
+from .errors import ConfigError, NewArrivalsError, UnknownProductError
+from .schema import EventType, Interaction
 from .store import Candidate, ProductIndex, SearchFilter
-from .users import UserVectors
+from .users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
 
-__all__ = ["ColdUserError", "retrieve_for_user", "similar_products"]
+__all__ = [
+    "ColdUserError",
+    "PopularFallback",
+    "PopularFallbackConfig",
+    "RetrievalResult",
+    "UserVectorSource",
+    "recommend_for_user",
+    "retrieve_for_user",
+    "similar_products",
+]
 
 
 class ColdUserError(NewArrivalsError, LookupError):
-    """The user has no usable history (the cold-user fallback is not built yet)."""
+    """The user has no usable history (use :func:`recommend_for_user` for the fallback)."""
+
+
+class _HasPurchases(Protocol):
+    @property
+    def purchased(self) -> set[str]: ...
+
+
+class UserVectorSource(Protocol):
+    """What retrieval needs from a user model: ``UserVectors`` or ``UserHistoryStore``."""
+
+    def vector(self, user_id: str) -> npt.NDArray[np.float32] | None: ...
+
+    def state(self, user_id: str) -> _HasPurchases | None: ...
 
 
 def retrieve_for_user(
     store: ProductIndex,
-    users: UserVectors,
+    users: UserVectorSource,
     user_id: str,
     k: int,
     search_filter: SearchFilter | None = None,
@@ -35,7 +77,7 @@ def retrieve_for_user(
     if vec is None:
         raise ColdUserError(
             f"user {user_id!r} has no event on an indexed product, so there is no user vector; "
-            "pass a user with history (a cold-user fallback is planned)."
+            "pass a user with history, or use recommend_for_user for the popular fallback."
         )
     flt = search_filter or SearchFilter()
     state = users.state(user_id)
@@ -53,3 +95,145 @@ def similar_products(
     flt = search_filter or SearchFilter()
     flt = replace(flt, exclude_ids=frozenset(flt.exclude_ids | {product_id}))
     return store.search(store.vector(product_id)[None, :].astype(np.float32), k, flt)[0]
+
+
+@dataclass(frozen=True)
+class PopularFallbackConfig:
+    """How the cold-user fallback measures popularity.
+
+    Args:
+        window_days: Interactions in this many days before ``now`` count.
+        top_n: How many of the most popular products form the centroid.
+        event_weights: What each event type adds to a product's popularity.
+    """
+
+    window_days: float = 14.0
+    top_n: int = 50
+    event_weights: Mapping[EventType, float] = field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
+    )
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.window_days, bool)
+            or not isinstance(self.window_days, int | float)
+            or not (np.isfinite(self.window_days) and self.window_days > 0)
+        ):
+            raise ConfigError(f"window_days must be a finite number > 0, got {self.window_days!r}.")
+        if isinstance(self.top_n, bool) or not isinstance(self.top_n, int) or self.top_n < 1:
+            raise ConfigError(f"top_n must be a positive integer, got {self.top_n!r}.")
+        # The baseline's config validates the weights (finite, >= 0) and parses the keys.
+        weights = UserVectorConfig(event_weights=self.event_weights).event_weights
+        object.__setattr__(self, "event_weights", dict(weights))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_days": self.window_days,
+            "top_n": self.top_n,
+            "event_weights": {k.value: v for k, v in self.event_weights.items()},
+        }
+
+
+@dataclass(frozen=True)
+class PopularFallback:
+    """The cold-user query vector: the popular centroid (see the module docstring).
+
+    Build it with :meth:`fit` when the index or the interaction log changes; querying is
+    then one search.
+
+    Example:
+        >>> fallback = PopularFallback.fit(store, catalog.interactions)  # doctest: +SKIP
+        >>> recommend_for_user(store, users, "new-user", 10, fallback=fallback)  # doctest: +SKIP
+    """
+
+    vector: npt.NDArray[np.float32]
+    product_ids: tuple[str, ...]
+    weights: tuple[float, ...]
+    rule: str
+
+    @classmethod
+    def fit(
+        cls,
+        store: ProductIndex,
+        interactions: Iterable[Interaction],
+        config: PopularFallbackConfig | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> PopularFallback:
+        """Compute the popular centroid from ``interactions`` up to ``now``."""
+        config = config or PopularFallbackConfig()
+        events = [e for e in interactions if e.product_id in store]
+        if now is not None:
+            if now.tzinfo is None:
+                raise ConfigError(f"now must be timezone-aware, got naive {now.isoformat()}.")
+            events = [e for e in events if e.timestamp <= now]
+        if len(store) == 0:
+            raise NewArrivalsError("the index is empty; there is nothing to fall back to.")
+        if not events:
+            vec = store.vectors_for(store.product_ids()).mean(axis=0)
+            return cls(_unit(vec), (), (), "catalogue centroid (no interactions)")
+        end = now or max(e.timestamp for e in events)
+        start = end - timedelta(days=config.window_days)
+        recent = [e for e in events if e.timestamp > start]
+        rule = f"popular in the {config.window_days:g} days before {end.isoformat()}"
+        if not recent:
+            recent, rule = events, "popular over the whole history (none in the window)"
+        score: dict[str, float] = {}
+        for e in recent:
+            score[e.product_id] = score.get(e.product_id, 0.0) + config.event_weights.get(
+                e.event, 0.0
+            )
+        # Ties broken by id so the fallback is deterministic.
+        top = sorted((p for p in score if score[p] > 0), key=lambda p: (-score[p], p))
+        top = top[: config.top_n]
+        if not top:
+            vec = store.vectors_for(store.product_ids()).mean(axis=0)
+            return cls(_unit(vec), (), (), "catalogue centroid (no weighted interactions)")
+        w = np.asarray([score[p] for p in top], dtype=np.float64)
+        vec = (w[:, None] * store.vectors_for(top)).sum(axis=0)
+        return cls(_unit(vec), tuple(top), tuple(w.tolist()), rule)
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    """Candidates for a user, and whether they came from the cold-user fallback."""
+
+    candidates: list[Candidate]
+    fallback: bool
+    reason: str = ""
+
+
+def recommend_for_user(
+    store: ProductIndex,
+    users: UserVectorSource,
+    user_id: str,
+    k: int,
+    search_filter: SearchFilter | None = None,
+    *,
+    fallback: PopularFallback,
+    exclude_purchased: bool = True,
+) -> RetrievalResult:
+    """Like :func:`retrieve_for_user`, but a cold user gets the popular fallback, flagged.
+
+    Returns:
+        The candidates, ``fallback=True`` (with the rule in ``reason``) when the user had
+        no usable vector.
+    """
+    if users.vector(user_id) is not None:
+        cands = retrieve_for_user(
+            store, users, user_id, k, search_filter, exclude_purchased=exclude_purchased
+        )
+        return RetrievalResult(cands, fallback=False)
+    flt = search_filter or SearchFilter()
+    state = users.state(user_id)
+    if exclude_purchased and state is not None and state.purchased:
+        flt = replace(flt, exclude_ids=frozenset(flt.exclude_ids | state.purchased))
+    cands = store.search(fallback.vector[None, :], k, flt)[0]
+    return RetrievalResult(cands, fallback=True, reason=f"cold user: {fallback.rule}")
+
+
+def _unit(vec: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
+    v = np.asarray(vec, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    out: npt.NDArray[np.float32] = v / norm if norm > 0 else v
+    return out

@@ -1179,9 +1179,11 @@ def _draw_pattern(
         vertical = rng.random() < 0.3
         pos = -rng.uniform(0.0, period)
         while pos < size:
-            # PIL rectangles include both corners, hence the -1.
-            end = pos + band - 1
-            box = (pos, 0.0, end, size) if vertical else (0.0, pos, size, end)
+            # PIL rectangles include both corners, hence the -1; integer corners because
+            # Pillow refuses a float box whose rounded end falls before its start (small photos).
+            start = round(pos)
+            end = max(start, round(pos + band) - 1)
+            box = (start, 0, end, size) if vertical else (0, start, size, end)
             draw.rectangle(box, fill=ink)
             pos += period
     elif pattern == "checked":
@@ -1190,9 +1192,9 @@ def _draw_pattern(
         line = max(1, round(cell * 0.2))
         x0, y0 = rng.uniform(0.0, cell, size=2)
         for k in range(int(size / cell) + 2):
-            x, y = x0 + (k - 1) * cell, y0 + (k - 1) * cell
-            draw.rectangle((x, 0.0, x + line - 1, size), fill=ink)
-            draw.rectangle((0.0, y, size, y + line - 1), fill=ink)
+            x, y = round(x0 + (k - 1) * cell), round(y0 + (k - 1) * cell)
+            draw.rectangle((x, 0, x + line - 1, size), fill=ink)
+            draw.rectangle((0, y, size, y + line - 1), fill=ink)
     elif pattern == "dotted":
         spacing = size * rng.uniform(0.09, 0.12)
         radius = spacing * 0.22

@@ -19,7 +19,11 @@ from newarrivals.indexer.ann import AnnConfig
 from newarrivals.indexer.build import BuildConfig, build_index
 from newarrivals.indexer.encoders import FusionConfig, ImageEncoderConfig, TextEncoderConfig
 from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.retrieval import ColdUserError, retrieve_for_user, similar_products
+from newarrivals.indexer.retrieval import (
+    PopularFallback,
+    recommend_for_user,
+    similar_products,
+)
 from newarrivals.indexer.schema import Product
 from newarrivals.indexer.store import Candidate, SearchFilter
 from newarrivals.indexer.synth import SynthConfig, generate, write_synthetic
@@ -196,30 +200,28 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     users.update_many(catalog.interactions)
     products = {p.product_id: p for p in catalog.products}
     flt = _filter_from(args)
-    status = 0
+    fallback = PopularFallback.fit(version.store, catalog.interactions)
     for user_id in args.user:
-        try:
-            cands = retrieve_for_user(
-                version.store,
-                users,
-                user_id,
-                args.k,
-                flt,
-                exclude_purchased=not args.include_purchased,
-            )
-        except ColdUserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 2
-            continue
+        result = recommend_for_user(
+            version.store,
+            users,
+            user_id,
+            args.k,
+            flt,
+            fallback=fallback,
+            exclude_purchased=not args.include_purchased,
+        )
         state = users.state(user_id)
         recent = ", ".join(
             products[p].title[:30] or p
             for p in (state.recent[:3] if state else [])
             if p in products
         )
-        print(f"user {user_id} (index {version.version}); recently: {recent}")
-        _print_candidates(cands, products)
-    return status
+        print(f"user {user_id} (index {version.version}); recently: {recent or '-'}")
+        if result.fallback:
+            print(f"  (fallback) {result.reason}")
+        _print_candidates(result.candidates, products)
+    return 0
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
@@ -259,6 +261,216 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="cold-start evaluation: baselines vs content methods (Recall/NDCG/HitRate)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="catalogue: generic-schema folder, H&M-layout folder or synthetic catalogue",
+    )
+    p.add_argument(
+        "--cutoff",
+        default=None,
+        help="first day of the test period (default: H&M 2020-06-22; synthetic: its "
+        "ground_truth.json; required otherwise)",
+    )
+    p.add_argument(
+        "--test-events",
+        default=None,
+        help="events that make a cold item relevant, e.g. purchase,cart or all "
+        "(default: H&M purchase; synthetic purchase,cart)",
+    )
+    p.add_argument(
+        "--same-product",
+        default=None,
+        help="same-product rule: none, id-prefix:N or attribute:KEY (default per dataset)",
+    )
+    p.add_argument("--image-tower", type=Path, default=None, help="trained image tower folder")
+    p.add_argument("--text-model", default=None, help="text model (default: bundled MiniLM)")
+    p.add_argument("--no-text", action="store_true", help="skip the text rows")
+    p.add_argument("--no-user-tower", action="store_true", help="skip the user-tower rows")
+    p.add_argument("--tower-minutes", type=float, default=3.0, help="training cap per tower")
+    p.add_argument("--seeds", type=int, default=5, help="tie-break seeds averaged")
+    p.add_argument("--seed", type=int, default=0, help="first seed (also seeds the towers)")
+    p.add_argument("--json", type=Path, default=None, help="also write the JSON table here")
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="report folder")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="embedding cache (default ~/.cache/newarrivals/embeddings)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    # Imported here: the evaluation stack (torch, matplotlib) is slow to import and only
+    # this command needs it.
+    from newarrivals.indexer.evaluation import EvaluateConfig, evaluate, parse_events
+
+    text = None
+    if not args.no_text:
+        text = TextEncoderConfig(model=args.text_model) if args.text_model else TextEncoderConfig()
+    report = evaluate(
+        EvaluateConfig(
+            data=args.data,
+            cutoff=args.cutoff,
+            test_events=parse_events(args.test_events) if args.test_events else None,
+            same_product=args.same_product,
+            text=text,
+            image_tower=args.image_tower,
+            user_tower=not args.no_user_tower,
+            user_tower_minutes=args.tower_minutes,
+            seeds=args.seeds,
+            seed=args.seed,
+            reports_dir=args.reports,
+            json_path=args.json,
+            cache_dir=args.cache_dir,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    )
+    print(report.format_table())
+    return 0
+
+
+def _add_align(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "align-images",
+        help="train an image tower into the text encoder's space (photos near their text)",
+    )
+    p.add_argument("--catalog", type=Path, required=True, help="generic-schema or H&M folder")
+    p.add_argument("--out", type=Path, required=True, help="tower directory (local-dir: format)")
+    p.add_argument(
+        "--arch",
+        default="mobilenetv3-small",
+        help="mobilenetv3-small (default), mobilenetv3-large, convnext-atto, resnet18, "
+        "vit-micro, vit-tiny, vit-small, or open_clip:NAME",
+    )
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--valid-size", type=int, default=None, help="held-out count (overrides)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--init", default=None, help="fine-tune from: local-dir:PATH, a .safetensors, or a tag"
+    )
+    p.add_argument("--launched-before", default=None, help="ISO date: train on older products only")
+    p.add_argument(
+        "--text-model",
+        default=TextEncoderConfig.model,
+        help="sentence-transformers model: bundled (default), local path or name",
+    )
+    p.add_argument("--cache-dir", type=Path, default=None, help="text embedding cache")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report-json", type=Path, default=None, help="write the report as JSON")
+    p.set_defaults(func=_cmd_align)
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    # Imported here: the training module pulls in open_clip, which other commands skip.
+    from newarrivals.indexer.image_tower import ImageTowerConfig, align_images
+
+    launched = None
+    if args.launched_before:
+        try:
+            launched = datetime.fromisoformat(args.launched_before)
+        except ValueError:
+            raise NewArrivalsError(
+                "--launched-before must be an ISO date like 2020-06-22, "
+                f"got {args.launched_before!r}."
+            ) from None
+        if launched.tzinfo is None:
+            launched = launched.replace(tzinfo=UTC)
+    config = ImageTowerConfig(
+        architecture=args.arch,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_minutes=args.minutes,
+        max_epochs=args.epochs,
+        valid_fraction=args.valid_fraction,
+        valid_size=args.valid_size,
+        augment=not args.no_augment,
+        init=args.init,
+        seed=args.seed,
+        device=args.device,
+    )
+    report = align_images(
+        args.catalog,
+        args.out,
+        config,
+        text_config=TextEncoderConfig(model=args.text_model),
+        cache_dir=args.cache_dir,
+        launched_before=launched,
+        progress=not args.no_progress,
+    )
+    print(report.format())
+    if args.report_json:
+        args.report_json.write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _add_train_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train-users", help="train the user tower (history -> product space) and save it"
+    )
+    p.add_argument("--index", type=Path, required=True, help="index root or version directory")
+    p.add_argument("--catalog", type=Path, required=True, help="catalogue with the interactions")
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--before", default=None, help="ISO date: train only on interactions before it")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--minutes", type=float, default=None, help="training time limit")
+    p.add_argument("--model", choices=["gru", "transformer"], default="gru")
+    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_cmd_train_users)
+
+
+def _cmd_train_users(args: argparse.Namespace) -> int:
+    # Imported here: torch is slow to import and only this command trains.
+    from newarrivals.indexer.device import resolve_device
+    from newarrivals.indexer.user_tower import UserTowerConfig, train_user_tower
+
+    config = UserTowerConfig(
+        epochs=args.epochs,
+        max_minutes=args.minutes,
+        model=args.model,
+        max_history=args.max_history,
+        seed=args.seed,
+        device=resolve_device(args.device),
+    )
+    version = IndexVersion.load(args.index)
+    events = read_catalog(args.catalog).interactions
+    if args.before:
+        try:
+            before = datetime.fromisoformat(args.before)
+        except ValueError:
+            raise NewArrivalsError(
+                f"--before must be an ISO date like 2024-03-31, got {args.before!r}."
+            ) from None
+        before = before if before.tzinfo else before.replace(tzinfo=UTC)
+        events = [e for e in events if e.timestamp < before]
+    ids = version.store.product_ids()
+    tower, report = train_user_tower(events, ids, version.store.vectors_for(ids), config)
+    out = tower.save(args.out)
+    summary = {k: v for k, v in report.items() if k != "history"}
+    print(json.dumps({"artifact": str(out), "index": version.version, **summary}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="newarrivals",
@@ -270,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_recommend(sub)
     _add_demo(sub)
+    _add_align(sub)
+    _add_evaluate(sub)
+    _add_train_users(sub)
     return parser
 
 
