@@ -70,6 +70,7 @@ from .encoders import (
 )
 from .errors import CatalogError, ConfigError
 from .schema import Product
+from .validation import require_fraction, require_int, require_positive
 from .version import library_versions
 
 if TYPE_CHECKING:
@@ -159,21 +160,6 @@ _CONTRAST = 0.12
 _SATURATION = 0.08
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _check_positive_float(name: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}.")
-
-
 @dataclass(frozen=True)
 class ImageTowerConfig:
     """How an image tower is trained into a text encoder's space.
@@ -250,7 +236,7 @@ class ImageTowerConfig:
                 "model config."
             )
         for name in ("image_size", "batch_size", "max_epochs", "workers"):
-            _check_positive_int(name, getattr(self, name))
+            require_int(name, getattr(self, name))
         if self.image_size < 16:
             raise ConfigError(f"image_size must be at least 16 pixels, got {self.image_size}.")
         if self.batch_size < 2:
@@ -259,7 +245,7 @@ class ImageTowerConfig:
                 f"got {self.batch_size}."
             )
         for name in ("lr", "max_minutes"):
-            _check_positive_float(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         if not (
             isinstance(self.weight_decay, int | float)
             and math.isfinite(self.weight_decay)
@@ -272,12 +258,11 @@ class ImageTowerConfig:
             isinstance(self.warmup_steps, int) and self.warmup_steps >= 0
         ):
             raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}.")
-        if not (isinstance(self.valid_fraction, int | float) and 0 <= self.valid_fraction < 1):
-            raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction!r}.")
+        require_fraction("valid_fraction", self.valid_fraction, below_one=True)
         if self.valid_size is not None:
-            _check_positive_int("valid_size", self.valid_size)
+            require_int("valid_size", self.valid_size)
         if self.patience is not None:
-            _check_positive_int("patience", self.patience)
+            require_int("patience", self.patience)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if self.init is not None:

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from .errors import CatalogError, ConfigError
 from .schema import Catalog, EventType, Interaction, Product, TextSource
+from .validation import require_fraction, require_int, require_positive
 
 __all__ = [
     "ATTRIBUTE_VALUES",
@@ -493,25 +494,6 @@ def _lookup(table: Iterable[tuple[str, tuple[str, ...]]], key: str) -> tuple[str
 # --------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _check_fraction(name: str, value: object, *, below_one: bool = False) -> None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        upper_ok = value < 1.0 if below_one else value <= 1.0
-        if value >= 0.0 and upper_ok:
-            return
-    bound = "[0, 1)" if below_one else "[0, 1]"
-    raise ConfigError(f"{name} must be a number in {bound}, got {value!r}.")
-
-
-def _check_positive_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name} must be a positive number, got {value!r}.")
-
-
 @dataclass(frozen=True)
 class SynthConfig:
     """Everything that determines a synthetic catalogue; the same config gives the same data.
@@ -567,7 +549,7 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_products", "n_users", "n_days", "holdout_days", "image_size"):
-            _check_positive_int(name, getattr(self, name))
+            require_int(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if not isinstance(self.start, datetime) or self.start.utcoffset() is None:
@@ -585,7 +567,7 @@ class SynthConfig:
                 f"image_size must be at least 32 pixels, got {self.image_size}; "
                 "smaller photos cannot show a pattern."
             )
-        _check_fraction("new_arrival_fraction", self.new_arrival_fraction, below_one=True)
+        require_fraction("new_arrival_fraction", self.new_arrival_fraction, below_one=True)
         for name in (
             "missing_image_fraction",
             "missing_description_fraction",
@@ -595,7 +577,7 @@ class SynthConfig:
             "purchase_rate",
             "new_arrival_share",
         ):
-            _check_fraction(name, getattr(self, name))
+            require_fraction(name, getattr(self, name))
         if self.missing_image_fraction + self.no_text_fraction > 1.0:
             raise ConfigError(
                 "missing_image_fraction + no_text_fraction must be at most 1 (a product "
@@ -603,7 +585,7 @@ class SynthConfig:
                 f"{self.no_text_fraction}."
             )
         for name in ("events_per_user", "taste_concentration", "temperature"):
-            _check_positive_float(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         if self.n_old_products < 1:
             raise ConfigError(
                 f"new_arrival_fraction={self.new_arrival_fraction} leaves no old products "

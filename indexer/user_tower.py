@@ -69,6 +69,7 @@ from .device import resolve_device
 from .errors import ConfigError, IndexIntegrityError, NewArrivalsError
 from .schema import EventType, Interaction
 from .users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
+from .validation import require_flag, require_fraction, require_int, require_positive
 from .version import library_versions
 
 __all__ = [
@@ -108,31 +109,6 @@ _SCORE_BLOCK: Final = 512
 # --------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------
-
-
-def _positive_int(name: str, value: object, *, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _positive_float(name: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}.")
-
-
-def _fraction(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}.")
-
-
-def _flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be True or False, got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -210,12 +186,12 @@ class UserTowerConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_history", "hidden_size", "num_layers", "num_heads", "epochs"):
-            _positive_int(name, getattr(self, name))
+            require_int(name, getattr(self, name))
         for name in ("patience", "valid_k", "max_valid_examples"):
-            _positive_int(name, getattr(self, name))
-        _positive_int("batch_size", self.batch_size, minimum=2)
-        _positive_int("random_negatives", self.random_negatives, minimum=0)
-        _positive_int("seed", self.seed, minimum=0)
+            require_int(name, getattr(self, name))
+        require_int("batch_size", self.batch_size, minimum=2)
+        require_int("random_negatives", self.random_negatives, minimum=0)
+        require_int("seed", self.seed, minimum=0)
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {list(MODELS)}, got {self.model!r}.")
         if self.model == "transformer" and self.hidden_size % self.num_heads:
@@ -223,10 +199,10 @@ class UserTowerConfig:
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
                 f"({self.num_heads}) for the transformer."
             )
-        _fraction("dropout", self.dropout)
-        _fraction("valid_fraction", self.valid_fraction)
+        require_fraction("dropout", self.dropout, below_one=True)
+        require_fraction("valid_fraction", self.valid_fraction, below_one=True)
         for name in ("lr", "half_life_days"):
-            _positive_float(name, getattr(self, name))
+            require_positive(name, getattr(self, name))
         if (
             isinstance(self.weight_decay, bool)
             or not isinstance(self.weight_decay, int | float)
@@ -236,7 +212,7 @@ class UserTowerConfig:
                 f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}."
             )
         if self.max_minutes is not None:
-            _positive_float("max_minutes", self.max_minutes)
+            require_positive("max_minutes", self.max_minutes)
         low, high = _TEMPERATURE_RANGE
         if self.temperature is not None and not (
             isinstance(self.temperature, int | float)
@@ -250,7 +226,7 @@ class UserTowerConfig:
             "learn_temperature",
             "logq_correction",
         ):
-            _flag(name, getattr(self, name))
+            require_flag(name, getattr(self, name))
         if not isinstance(self.device, str) or not self.device.strip():
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
         # Reuse the baseline's validation (finite, >= 0 weights) and store its normalised form.

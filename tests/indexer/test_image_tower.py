@@ -274,7 +274,7 @@ def test_image_text_recall() -> None:
         ({"image_size": 0}, "image_size must be a positive integer, got 0"),
         ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
         ({"max_minutes": float("nan")}, "max_minutes must be a finite number > 0"),
-        ({"valid_fraction": 1.0}, r"valid_fraction must be in \[0, 1\), got 1.0"),
+        ({"valid_fraction": 1.0}, r"valid_fraction must be a number in \[0, 1\), got 1.0"),
         ({"valid_size": 0}, "valid_size must be a positive integer, got 0"),
         ({"patience": 0}, "patience must be a positive integer"),
         ({"seed": -1}, "seed must be a non-negative integer"),

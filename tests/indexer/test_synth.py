@@ -49,7 +49,7 @@ def small() -> SyntheticCatalog:
         ({"new_arrival_fraction": 1.0}, r"new_arrival_fraction must be a number in \[0, 1\)"),
         ({"missing_image_fraction": 1.5}, r"missing_image_fraction must be a number in \[0, 1\]"),
         ({"missing_image_fraction": 0.6, "no_text_fraction": 0.6}, "needs a photo or text"),
-        ({"temperature": 0.0}, "temperature must be a positive number, got 0.0"),
+        ({"temperature": 0.0}, "temperature must be a finite number > 0, got 0.0"),
         ({"image_size": 16}, "image_size must be at least 32 pixels, got 16"),
         ({"start": __import__("datetime").datetime(2024, 1, 1)}, "timezone-aware"),
         ({"n_products": 3, "new_arrival_fraction": 0.9}, "leaves no old products"),
