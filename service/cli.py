@@ -120,18 +120,21 @@ def _add_recommend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     i.set_defaults(func=_cmd_info)
 
 
+def _utc_day(flag: str, value: str | None) -> datetime | None:
+    """An ISO date or datetime from the command line; naive means UTC."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise NewArrivalsError(
+            f"{flag} must be an ISO date like 2020-06-22, got {value!r}."
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _filter_from(args: argparse.Namespace) -> SearchFilter:
-    launched = None
-    if args.launched_after:
-        try:
-            launched = datetime.fromisoformat(args.launched_after)
-        except ValueError:
-            raise NewArrivalsError(
-                "--launched-after must be an ISO date like 2020-06-22, "
-                f"got {args.launched_after!r}."
-            ) from None
-        if launched.tzinfo is None:
-            launched = launched.replace(tzinfo=UTC)
+    launched = _utc_day("--launched-after", args.launched_after)
     return SearchFilter(
         category=args.category,
         min_price=args.min_price,
@@ -382,17 +385,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
     # Imported here: the training module pulls in open_clip, which other commands skip.
     from newarrivals.indexer.image_tower import ImageTowerConfig, align_images
 
-    launched = None
-    if args.launched_before:
-        try:
-            launched = datetime.fromisoformat(args.launched_before)
-        except ValueError:
-            raise NewArrivalsError(
-                "--launched-before must be an ISO date like 2020-06-22, "
-                f"got {args.launched_before!r}."
-            ) from None
-        if launched.tzinfo is None:
-            launched = launched.replace(tzinfo=UTC)
+    launched = _utc_day("--launched-before", args.launched_before)
     config = ImageTowerConfig(
         architecture=args.arch,
         image_size=args.image_size,
@@ -454,14 +447,8 @@ def _cmd_train_users(args: argparse.Namespace) -> int:
     )
     version = IndexVersion.load(args.index)
     events = read_catalog(args.catalog).interactions
-    if args.before:
-        try:
-            before = datetime.fromisoformat(args.before)
-        except ValueError:
-            raise NewArrivalsError(
-                f"--before must be an ISO date like 2024-03-31, got {args.before!r}."
-            ) from None
-        before = before if before.tzinfo else before.replace(tzinfo=UTC)
+    before = _utc_day("--before", args.before)
+    if before is not None:
         events = [e for e in events if e.timestamp < before]
     ids = version.store.product_ids()
     tower, report = train_user_tower(events, ids, version.store.vectors_for(ids), config)
