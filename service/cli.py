@@ -458,6 +458,72 @@ def _cmd_train_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "train-ranker",
+        help="fine-tune the cross-encoder ranker on lists built from interactions and save it",
+    )
+    p.add_argument("--index", type=Path, required=True, help="index root or version directory")
+    p.add_argument("--catalog", type=Path, required=True, help="catalogue with the interactions")
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--before", default=None, help="ISO date: train only on interactions before it")
+    p.add_argument(
+        "--base-model",
+        default=None,
+        help="bundled MiniLM (default) or a local model directory",
+    )
+    p.add_argument("--layers", type=int, default=None, help="keep the first N encoder layers")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--minutes", type=float, default=None, help="training time limit")
+    p.add_argument(
+        "--candidates", type=int, default=50, help="retrieval depth hard negatives come from"
+    )
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_cmd_train_ranker)
+
+
+def _cmd_train_ranker(args: argparse.Namespace) -> int:
+    # Imported here: torch and transformers are slow to import and only this command trains.
+    from dataclasses import replace
+
+    from newarrivals.indexer.device import resolve_device
+    from newarrivals.ranker import RankerConfig, RankerTrainConfig, fit_ranker
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = RankerConfig(num_layers=args.layers, seed=args.seed)
+    if args.base_model is not None:
+        config = replace(config, base_model=str(args.base_model))
+    train_config = RankerTrainConfig(
+        retrieval_candidates=args.candidates,
+        epochs=args.epochs,
+        max_minutes=args.minutes,
+        learning_rate=args.lr,
+        seed=args.seed,
+        device=resolve_device(args.device),
+    )
+    version = IndexVersion.load(args.index)
+    catalog = read_catalog(args.catalog)
+    events = catalog.interactions
+    before = _utc_day("--before", args.before)
+    if before is not None:
+        events = [e for e in events if e.timestamp < before]
+    products = {p.product_id: p for p in catalog.products}
+    ranker, report = fit_ranker(events, products, version.store, config, train_config)
+    summary = {k: v for k, v in report.to_dict().items() if k != "history"}
+    out = ranker.save(
+        args.out,
+        extra={"index": version.version, "train_config": train_config.to_dict(), **summary},
+    )
+    print(json.dumps({"artifact": str(out), "index": version.version, **summary}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="newarrivals",
@@ -472,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_align(sub)
     _add_evaluate(sub)
     _add_train_users(sub)
+    _add_train_ranker(sub)
     return parser
 
 
