@@ -336,6 +336,9 @@ def write_catalog(catalog: Catalog, out_dir: Path, *, fmt: str = "jsonl") -> dic
     Writes ``products.<fmt>`` and, when there are interactions, ``interactions.<fmt>``.
     Image paths inside ``out_dir`` are written relative to it, so the folder can be moved
     as a whole; other image paths stay absolute. Rejects and provenance are not written.
+    Tables an earlier write left in ``out_dir`` in another format (or an interactions
+    table when there are none now) are removed: :func:`read_catalog` would otherwise read
+    stale rows, or refuse a folder with two products tables.
 
     Args:
         catalog: The catalogue to write.
@@ -355,6 +358,12 @@ def write_catalog(catalog: Catalog, out_dir: Path, *, fmt: str = "jsonl") -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     base = Path(os.path.normpath(_absolute(out_dir)))
     written = {"products": out_dir / f"products.{fmt}"}
+    keep = {f"products.{fmt}"} | ({f"interactions.{fmt}"} if catalog.interactions else set())
+    for stem in ("products", "interactions"):
+        for suffix in READ_SUFFIXES:
+            stale = out_dir / f"{stem}{suffix}"
+            if stale.name not in keep and stale.is_file():
+                stale.unlink()
     product_rows = [_product_row(product, base) for product in catalog.products]
     interaction_rows = [_interaction_row(item) for item in catalog.interactions]
     if fmt == "jsonl":

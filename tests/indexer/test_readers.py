@@ -607,3 +607,16 @@ def test_reads_100k_rows_quickly(tmp_path: Path) -> None:
 
     assert len(catalog.products) == 100_000
     assert elapsed < 10, f"reading 100k JSON lines took {elapsed:.1f}s"
+
+
+def test_write_catalog_replaces_tables_of_an_earlier_write(tmp_path: Path) -> None:
+    first = Catalog(
+        products=[Product("a", title="old")],
+        interactions=[Interaction("u", "a", EventType.VIEW, datetime(2024, 1, 1, tzinfo=UTC))],
+    )
+    write_catalog(first, tmp_path, fmt="csv")
+    second = Catalog(products=[Product("b", title="new")])
+    write_catalog(second, tmp_path, fmt="jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["products.jsonl"]
+    again = read_catalog(tmp_path)
+    assert [p.product_id for p in again.products] == ["b"] and again.interactions == []
