@@ -35,7 +35,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from .device import faiss_gpu_count
 from .errors import ConfigError, IndexIntegrityError
+from .validation import require_known_fields
 
 __all__ = [
     "BACKENDS",
@@ -199,10 +200,7 @@ class AnnConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AnnConfig:
         """Build a config from :meth:`to_dict` output; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown AnnConfig keys {unknown}; valid keys are {sorted(known)}.")
+        require_known_fields(cls, data)
         return cls(**dict(data))
 
 

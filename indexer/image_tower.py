@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -70,7 +70,7 @@ from .encoders import (
 )
 from .errors import CatalogError, ConfigError
 from .schema import Product
-from .validation import require_fraction, require_int, require_positive
+from .validation import require_fraction, require_int, require_known_fields, require_positive
 from .version import library_versions
 
 if TYPE_CHECKING:
@@ -295,13 +295,7 @@ class ImageTowerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageTowerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown image tower setting(s) {', '.join(unknown)}; valid: "
-                f"{', '.join(sorted(known))}."
-            )
+        require_known_fields(cls, data)
         return cls(**data)
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .errors import CatalogError, ConfigError
 from .schema import Catalog, EventType, Interaction, Product, TextSource
-from .validation import require_fraction, require_int, require_positive
+from .validation import require_fraction, require_int, require_known_fields, require_positive
 
 __all__ = [
     "ATTRIBUTE_VALUES",
@@ -619,10 +619,7 @@ class SynthConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SynthConfig:
         """Build a config from :meth:`to_dict` output; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"Unknown SynthConfig fields {unknown}; valid: {sorted(known)}.")
+        require_known_fields(cls, data)
         kwargs = dict(data)
         if isinstance(kwargs.get("start"), str):
             kwargs["start"] = datetime.fromisoformat(kwargs["start"])

@@ -69,7 +69,13 @@ from .device import resolve_device
 from .errors import ConfigError, IndexIntegrityError, NewArrivalsError
 from .schema import EventType, Interaction
 from .users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
-from .validation import require_flag, require_fraction, require_int, require_positive
+from .validation import (
+    require_flag,
+    require_fraction,
+    require_int,
+    require_known_fields,
+    require_positive,
+)
 from .version import library_versions
 
 __all__ = [
@@ -271,10 +277,7 @@ class UserTowerConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UserTowerConfig:
         """Build a config from :meth:`to_dict` output; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown UserTowerConfig fields {unknown}; valid: {sorted(known)}.")
+        require_known_fields(cls, data)
         kwargs = dict(data)
         if "target_events" in kwargs and isinstance(kwargs["target_events"], list):
             kwargs["target_events"] = tuple(kwargs["target_events"])

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["require_flag", "require_fraction", "require_int", "require_positive"]
+__all__ = [
+    "require_flag",
+    "require_fraction",
+    "require_int",
+    "require_known_fields",
+    "require_positive",
+]
 
 
 def require_int(name: str, value: object, *, minimum: int = 1) -> None:
@@ -40,3 +49,11 @@ def require_fraction(name: str, value: object, *, below_one: bool = False) -> No
 def require_flag(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be True or False, got {value!r}.")
+
+
+def require_known_fields(cls: type[Any], data: Mapping[str, Any]) -> None:
+    """A ``from_dict`` input names only fields of the dataclass ``cls`` (catches typos)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(known)}.")

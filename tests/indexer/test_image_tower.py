@@ -290,7 +290,7 @@ def test_config_validation(changes: dict[str, object], message: str) -> None:
 def test_config_round_trip_and_registry() -> None:
     config = ImageTowerConfig(architecture="vit-tiny", init="local-dir:/somewhere", seed=3)
     assert ImageTowerConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match="unknown image tower setting"):
+    with pytest.raises(ConfigError, match="unknown ImageTowerConfig fields"):
         ImageTowerConfig.from_dict({"archtecture": "vit-tiny"})
     assert {"mobilenetv3-small", "vit-tiny", "vit-micro"} <= set(ARCHITECTURES)
     # A pretrained tag is accepted with an open_clip architecture (loaded only at train time).
