@@ -31,13 +31,16 @@ from .encoders import (
     FusionConfig,
     ImageEncoder,
     ImageEncoderConfig,
+    ImageEncoding,
     TextEncoder,
     TextEncoderConfig,
+    TextEncoding,
     file_digest,
     fuse,
     fused_dim,
     text_digest,
 )
+from .encoders.onnx_runtime import export_image, export_text, load_image_export, load_text_export
 from .errors import CatalogError, ConfigError
 from .readers import read_catalog, write_rejects
 from .schema import Catalog, Product, Reject, SourceRef, product_document
@@ -56,6 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+ENCODER_RUNTIMES = ("auto", "torch")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything a bulk build needs; recorded in the version's manifest.
@@ -72,6 +78,9 @@ class BuildConfig:
         strict: fail on the first bad row instead of quarantining it.
         chunk_size: products encoded between cache checkpoints (the resume granularity).
         progress: show progress bars.
+        encoder_runtime: ``auto`` encodes on the CPU with a verified ONNX copy of each
+            encoder when the cache holds one, and writes one after a torch encoder was
+            loaded (so a small refresh never imports torch); ``torch`` never uses ONNX.
     """
 
     catalog: Path
@@ -85,8 +94,14 @@ class BuildConfig:
     strict: bool = False
     chunk_size: int = 1024
     progress: bool = True
+    encoder_runtime: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.encoder_runtime not in ENCODER_RUNTIMES:
+            raise ConfigError(
+                f"encoder_runtime must be one of {', '.join(ENCODER_RUNTIMES)}, "
+                f"got {self.encoder_runtime!r}."
+            )
         if self.text is None and self.image is None:
             raise ConfigError("both encoders are disabled; enable text, image or both.")
         if self.chunk_size < 1:
@@ -108,6 +123,7 @@ class BuildConfig:
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "strict": self.strict,
             "chunk_size": self.chunk_size,
+            "encoder_runtime": self.encoder_runtime,
         }
 
 
@@ -249,8 +265,8 @@ def _encode_cached(
 def encode_products(
     products: Sequence[Product],
     *,
-    text_encoder: TextEncoder | None,
-    image_encoder: ImageEncoder | None,
+    text_encoder: TextEncoding | None,
+    image_encoder: ImageEncoding | None,
     fusion: FusionConfig,
     cache_root: Path,
     chunk_size: int = 1024,
@@ -341,7 +357,7 @@ def encode_products(
     )
 
 
-def _dim_of(encoder: TextEncoder | ImageEncoder, cache_root: Path) -> int:
+def _dim_of(encoder: TextEncoding | ImageEncoding, cache_root: Path) -> int:
     """The encoder's output dim, without loading the model when the cache already knows it.
 
     Loading a model costs seconds; a refresh that is all cache hits should not pay it.
@@ -377,16 +393,26 @@ def build_index(config: BuildConfig) -> BuildSummary:
     device = resolve_device(config.device)
     text_encoder = TextEncoder(config.text, device) if config.text else None
     image_encoder = ImageEncoder(config.image, device) if config.image else None
+    cache_root = config.resolved_cache_dir
+    onnx = config.encoder_runtime == "auto" and device == "cpu"
+    text_run: TextEncoding | None = text_encoder
+    image_run: ImageEncoding | None = image_encoder
+    if onnx and text_encoder is not None:
+        text_run = load_text_export(cache_root, text_encoder.encoder_id) or text_encoder
+    if onnx and image_encoder is not None:
+        image_run = load_image_export(cache_root, image_encoder.encoder_id) or image_encoder
     encoded = encode_products(
         catalog.products,
-        text_encoder=text_encoder,
-        image_encoder=image_encoder,
+        text_encoder=text_run,
+        image_encoder=image_run,
         fusion=config.fusion,
         cache_root=config.resolved_cache_dir,
         chunk_size=config.chunk_size,
         progress=config.progress,
         stats=stats,
     )
+    if onnx:
+        _export_loaded(text_encoder, image_encoder, text_run, image_run, catalog, cache_root)
 
     has_text, has_image = encoded.has_text, encoded.has_image
     rejects = list(catalog.rejects)
@@ -417,8 +443,8 @@ def build_index(config: BuildConfig) -> BuildSummary:
         )
     vectors = encoded.vectors[keep]
 
-    text_dim = _dim_of(text_encoder, config.resolved_cache_dir) if text_encoder else None
-    image_dim = _dim_of(image_encoder, config.resolved_cache_dir) if image_encoder else None
+    text_dim = _dim_of(text_run, cache_root) if text_run else None
+    image_dim = _dim_of(image_run, cache_root) if image_run else None
     dim = fused_dim(config.fusion, text_dim, image_dim)
     ann = config.ann or AnnConfig(factory=auto_factory(len(products)))
     if faiss_gpu_count() > 0 and device != "cpu" and not ann.use_gpu:
@@ -466,6 +492,7 @@ def build_index(config: BuildConfig) -> BuildSummary:
                     "id": text_encoder.encoder_id,
                     "model": text_encoder.config.model,
                     "dim": text_dim,
+                    "runtime": _runtime(text_run),
                 },
                 "image": None
                 if image_encoder is None
@@ -475,6 +502,7 @@ def build_index(config: BuildConfig) -> BuildSummary:
                     "pretrained": image_encoder.config.pretrained,
                     "trained": image_encoder.trained,
                     "dim": image_dim,
+                    "runtime": _runtime(image_run),
                 },
             },
             "fusion": config.fusion.to_dict(),
@@ -504,6 +532,35 @@ def build_index(config: BuildConfig) -> BuildSummary:
     )
     logger.info("published %s (%d products) in %.1fs", final, len(products), summary.seconds)
     return summary
+
+
+def _runtime(encoder: TextEncoding | ImageEncoding | None) -> str:
+    return str(getattr(encoder, "runtime", "torch"))
+
+
+def _export_loaded(
+    text_encoder: TextEncoder | None,
+    image_encoder: ImageEncoder | None,
+    text_run: TextEncoding | None,
+    image_run: ImageEncoding | None,
+    catalog: Catalog,
+    cache_root: Path,
+) -> None:
+    """Write ONNX copies of the torch encoders this build loaded anyway.
+
+    Only a loaded encoder is exported: a build that found everything in the cache must
+    not pay seconds of model loading to make a copy it did not need.
+    """
+    if text_encoder is not None and text_run is text_encoder and "model" in vars(text_encoder):
+        docs = [d for d in (product_document(p) for p in catalog.products[:256]) if d]
+        export_text(text_encoder, cache_root, docs)
+    if (
+        image_encoder is not None
+        and image_run is image_encoder
+        and "_loaded" in vars(image_encoder)
+    ):
+        photos = [p.image for p in catalog.products[:256] if p.image]
+        export_image(image_encoder, cache_root, photos)
 
 
 def _quarantine_images(catalog: Catalog, failures: dict[int, str], strict: bool) -> list[Reject]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from newarrivals.indexer import NewArrivalsError
 from newarrivals.indexer.ann import AnnConfig
-from newarrivals.indexer.build import BuildConfig, build_index
+from newarrivals.indexer.build import ENCODER_RUNTIMES, BuildConfig, build_index
 from newarrivals.indexer.encoders import FusionConfig, ImageEncoderConfig, TextEncoderConfig
 from newarrivals.indexer.readers import read_catalog
 from newarrivals.indexer.retrieval import (
@@ -85,6 +85,13 @@ def _add_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--cache-dir", type=Path, default=None, help="default: <out>/cache")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
     p.add_argument("--chunk-size", type=int, default=1024)
+    p.add_argument(
+        "--encoder-runtime",
+        choices=list(ENCODER_RUNTIMES),
+        default="auto",
+        help="auto: on the CPU, encode with verified ONNX copies of the encoders kept in the "
+        "cache (written after a torch build); torch: always torch",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--summary-json", type=Path, default=None, help="write the summary as JSON")
     p.set_defaults(func=_cmd_build)
@@ -174,6 +181,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         strict=args.strict,
         chunk_size=args.chunk_size,
         progress=not args.no_progress,
+        encoder_runtime=args.encoder_runtime,
     )
     summary = build_index(config)
     print(summary.format())

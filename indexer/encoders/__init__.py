@@ -9,10 +9,18 @@ from .image import (
     ImageEncoder,
     ImageEncoderConfig,
     ImageEncodeResult,
+    ImageEncoding,
     UnreadableImageError,
+    decode_photo,
     load_photo,
 )
-from .text import BUNDLED_MINILM, TextEncoder, TextEncoderConfig, bundled_minilm_path
+from .text import (
+    BUNDLED_MINILM,
+    TextEncoder,
+    TextEncoderConfig,
+    TextEncoding,
+    bundled_minilm_path,
+)
 
 __all__ = [
     "BUILTIN_TOWERS",
@@ -23,10 +31,13 @@ __all__ = [
     "ImageEncodeResult",
     "ImageEncoder",
     "ImageEncoderConfig",
+    "ImageEncoding",
     "TextEncoder",
     "TextEncoderConfig",
+    "TextEncoding",
     "UnreadableImageError",
     "bundled_minilm_path",
+    "decode_photo",
     "file_digest",
     "fuse",
     "fused_dim",

@@ -17,13 +17,14 @@ resize-then-centre-crop cuts a third off a 2:3 product photo.
 from __future__ import annotations
 
 import copy
+import io
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,7 +40,9 @@ __all__ = [
     "ImageEncodeResult",
     "ImageEncoder",
     "ImageEncoderConfig",
+    "ImageEncoding",
     "UnreadableImageError",
+    "decode_photo",
     "load_photo",
 ]
 
@@ -152,6 +155,49 @@ def load_photo(path: str | Path, *, pad_to_square: bool = True) -> Image.Image:
         side = max(rgb.width, rgb.height)
         rgb = ImageOps.pad(rgb, (side, side), color=_WHITE)
     return rgb
+
+
+def decode_photo(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an uploaded photo (bytes that never touched disk) to RGB.
+
+    Pass the result to :meth:`ImageEncoder.encode_images`, which pads it to a square exactly
+    as :func:`load_photo` does for a file.
+
+    Args:
+        data: The encoded image (JPEG, PNG, WebP, ...).
+        max_pixels: Refuse images with more pixels than this before decoding them (a small
+            file can decode to gigabytes); ``None`` keeps PIL's own limit.
+
+    Raises:
+        UnreadableImageError: naming what went wrong (not an image, truncated, too large).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise UnreadableImageError(
+                    f"image is {img.width}x{img.height} = {img.width * img.height:,} pixels, "
+                    f"over the {max_pixels:,}-pixel limit; send a smaller photo."
+                )
+            img.load()
+            return img.convert("RGB")
+    except UnreadableImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
+
+
+class ImageEncoding(Protocol):
+    """What the build needs of an image encoder: the torch one or its ONNX copy."""
+
+    @property
+    def encoder_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode_paths(self, paths: Sequence[str | Path]) -> ImageEncodeResult: ...
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
 class ImageEncoder:

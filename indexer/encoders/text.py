@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -18,7 +18,13 @@ from .base import directory_digest, l2_normalize
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["BUNDLED_MINILM", "TextEncoder", "TextEncoderConfig", "bundled_minilm_path"]
+__all__ = [
+    "BUNDLED_MINILM",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "TextEncoding",
+    "bundled_minilm_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,18 @@ class TextEncoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextEncoderConfig:
         return cls(**data)
+
+
+class TextEncoding(Protocol):
+    """What the build needs of a text encoder: the torch one or its ONNX copy."""
+
+    @property
+    def encoder_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray: ...
 
 
 class TextEncoder:
