@@ -386,14 +386,19 @@ class FaissIndex(VectorIndex):
                 f"factory {self._config.factory!r} needs training; call build() with the "
                 f"first batch of vectors before add()."
             )
-        clash = idx[np.isin(idx, self._live, assume_unique=True)]
-        if clash.size:
-            raise ValueError(
-                f"ids already in the index: {_preview(clash)}; remove them first "
-                f"(an upsert is remove + add)."
-            )
+        fresh = np.sort(idx)
+        # ProductIndex never reuses ids, so a live upsert adds ids above every live one:
+        # appending keeps ``_live`` sorted without the O(n) set operations.
+        appends = self._live.size == 0 or fresh[0] > self._live[-1]
+        if not appends:
+            clash = idx[np.isin(idx, self._live, assume_unique=True)]
+            if clash.size:
+                raise ValueError(
+                    f"ids already in the index: {_preview(clash)}; remove them first "
+                    f"(an upsert is remove + add)."
+                )
         self._cpu.add_with_ids(x, idx)
-        self._live = np.union1d(self._live, idx)
+        self._live = np.concatenate([self._live, fresh]) if appends else np.union1d(self._live, idx)
         self._invalidate_gpu()
 
     def remove(self, ids: IdArray) -> int:

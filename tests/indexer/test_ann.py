@@ -269,6 +269,19 @@ def test_add_before_build_on_trained_index_needs_build(data: FloatArray) -> None
     assert len(flat) == 10
 
 
+def test_appended_and_interleaved_adds_keep_ids_exact(data: FloatArray) -> None:
+    index = make_index(AnnConfig(), DIM)
+    index.add(data[:10], np.arange(10, dtype=np.int64))
+    index.add(data[10:20], np.arange(19, 9, -1, dtype=np.int64))  # above all: appended
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(data[:2], np.array([25, 15], dtype=np.int64))  # one clash, not appended
+    index.remove(np.array([3, 4], dtype=np.int64))
+    index.add(data[3:5], np.array([4, 3], dtype=np.int64))  # below the top: merged
+    assert index.ids().tolist() == list(range(20))
+    _, got = index.search(data[15:16], 1)
+    assert got[0, 0] == 14  # row 15 was added under id 14 (the reversed batch)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
