@@ -7,8 +7,8 @@ Written forms:
   "n_test_users": ..., "n_cold_items": ..., "config": ..., "seed": ...}`` plus standard
   errors, the same for the users without a same-product hit, margins and notes;
 * Markdown with both tables, the margins, the configuration and the notes;
-* a PNG chart of Recall@K against K per method (matplotlib, Agg backend chosen when drawing,
-  so importing this module never touches a display or matplotlib's global state).
+* a PNG chart of Recall@K against K per method (a matplotlib Figure on an Agg canvas, without
+  pyplot, so drawing never touches a display or matplotlib's global state).
 """
 
 from __future__ import annotations
@@ -297,32 +297,31 @@ class EvaluationReport:
 
     def plot(self, path: Path) -> Path:
         """Draw Recall@K against K, one line per method, to ``path`` (PNG)."""
-        import matplotlib
-
-        matplotlib.use("Agg")  # chosen here, not at import: a library must not pick for its host
-        import matplotlib.pyplot as plt
+        # A bare Figure on an Agg canvas: no pyplot, so the host's backend (a notebook's,
+        # say) and pyplot's global figure list are left alone.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         ks = list(self.spec.ks)
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        try:
-            for r in self.results:
-                values = [r.metrics[f"recall@{k}"] for k in ks]
-                style = "--" if r.kind == BASELINE else "-"
-                ax.plot(ks, values, style, marker="o", label=r.name)
-            ax.set_xlabel("K")
-            ax.set_ylabel("Recall@K")
-            ax.set_xticks(ks)
-            ax.set_title(
-                f"{self.dataset}: {self.n_test_users} users, {self.n_cold_items} cold items",
-                fontsize=10,
-            )
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            fig.tight_layout()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=120)
-        finally:
-            plt.close(fig)
+        fig = Figure(figsize=(9, 5.5))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for r in self.results:
+            values = [r.metrics[f"recall@{k}"] for k in ks]
+            style = "--" if r.kind == BASELINE else "-"
+            ax.plot(ks, values, style, marker="o", label=r.name)
+        ax.set_xlabel("K")
+        ax.set_ylabel("Recall@K")
+        ax.set_xticks(ks)
+        ax.set_title(
+            f"{self.dataset}: {self.n_test_users} users, {self.n_cold_items} cold items",
+            fontsize=10,
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
         return path
 
     def write(self, reports_dir: Path, *, json_path: Path | None = None) -> dict[str, Path]:
