@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint typecheck mypy-path pytest bench-faiss bench-encode clean
+.PHONY: install demo test lint typecheck mypy-path pytest bench bench-faiss bench-encode bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# DATA=path runs the demo on a generic-schema or H&M-layout catalogue; CUTOFF=YYYY-MM-DD
+# sets the first day of the new arrivals.
 demo: install
-	$(BIN)/newarrivals demo --workdir $(DEMO_DIR)
+	$(BIN)/newarrivals demo --workdir $(DEMO_DIR) $(if $(DATA),--data $(DATA)) \
+		$(if $(CUTOFF),--cutoff $(CUTOFF))
 
 # mypy cannot follow setuptools' editable-install import hook, so it reads the packages
 # through a folder of symlinks that spells out the installed namespace.
@@ -44,11 +47,67 @@ pytest: install
 
 test: lint typecheck pytest
 
+# make bench: every benchmark at a moderate size into $(BENCH_DIR), then one report,
+# $(BENCH_DIR)/REPORT.md with PNG charts (benchmarks/report.py, which also runs alone on
+# earlier results). About 25 minutes on a 2-core CPU. The README's 1M-vector FAISS table:
+# `make bench BENCH_SCALE=1000000` (about 15 minutes more and 5 GiB of RAM).
+BENCH_DIR ?= reports/bench
+BENCH_WORK ?= $(BENCH_DIR)/work
+BENCH_SCALE ?= 200000
+BENCH_PRODUCTS ?= 10000
+BENCH_USERS ?= 2000
+BENCH_EVAL_PRODUCTS ?= 3000
+BENCH_EVAL_USERS ?= 600
+BENCH_TOWER_MINUTES ?= 3
+
+bench: install
+	mkdir -p $(BENCH_WORK)
+	$(BIN)/python benchmarks/report.py --in $(BENCH_DIR) --record-machine
+	@echo "== bench [1/5] FAISS index types, $(BENCH_SCALE) vectors"
+	$(BIN)/python benchmarks/faiss_bench.py --n $(BENCH_SCALE) --queries 1000 \
+		--single-budget 5 --batch-budget 10 --out $(BENCH_DIR)/faiss.json > $(BENCH_DIR)/faiss.md
+	@echo "== bench [2/5] bulk rebuild: full, unchanged, 1% changed ($(BENCH_PRODUCTS) products)"
+	$(BIN)/python benchmarks/rebuild_bench.py --products $(BENCH_PRODUCTS) --users $(BENCH_USERS) \
+		--workdir $(BENCH_WORK)/rebuild --out $(BENCH_DIR)/rebuild.json > $(BENCH_DIR)/rebuild.md
+	@echo "== bench [3/5] ranker latency"
+	$(BIN)/python benchmarks/ranker_latency.py --json $(BENCH_DIR)/ranker_latency.json
+	@echo "== bench [4/5] cold-start evaluation ($(BENCH_EVAL_PRODUCTS) products, image tower $(BENCH_TOWER_MINUTES) min)"
+	$(BIN)/newarrivals synth --out $(BENCH_WORK)/synth --products $(BENCH_EVAL_PRODUCTS) \
+		--users $(BENCH_EVAL_USERS)
+	$(BIN)/newarrivals align-images --catalog $(BENCH_WORK)/synth --out $(BENCH_WORK)/tower \
+		--minutes $(BENCH_TOWER_MINUTES) --image-size 96 --launched-before 2024-03-31 \
+		--cache-dir $(BENCH_WORK)/cache --no-progress --report-json $(BENCH_DIR)/image_tower_synth.json
+	$(BIN)/newarrivals evaluate --data $(BENCH_WORK)/synth --image-tower $(BENCH_WORK)/tower \
+		--tower-minutes 1 --cache-dir $(BENCH_WORK)/cache --reports $(BENCH_WORK)/evaluation \
+		--json $(BENCH_DIR)/evaluation.json --no-progress
+	@echo "== bench [5/5] API load test"
+	@if [ -f benchmarks/load_test.py ]; then \
+		$(BIN)/python benchmarks/load_test.py --json $(BENCH_DIR)/load_test.json; \
+	else echo "benchmarks/load_test.py does not exist yet; the report says so"; fi
+	$(BIN)/python benchmarks/report.py --in $(BENCH_DIR) --out $(BENCH_DIR)/REPORT.md
+
 bench-faiss: install
 	$(BIN)/python benchmarks/faiss_bench.py
 
 bench-encode: install
 	$(BIN)/python benchmarks/rebuild_bench.py
+
+# make bench-load: the API load test alone (issue #5): `newarrivals serve` on a synthetic
+# index (default 100,000 products; LOAD_PRODUCTS=N), prepared once under $(LOAD_WORKDIR)
+# (the first 100,000 build takes about an hour on 2 busy cores), then 5,000 requests
+# (LOAD_REQUESTS=N) per scenario and concurrency. `make bench-load LOAD_ARGS=--smoke`
+# (2,000 products, 200 requests) checks the plumbing in about ten minutes.
+LOAD_WORKDIR ?= /tmp/newarrivals-load
+LOAD_PRODUCTS ?=
+LOAD_REQUESTS ?=
+LOAD_ARGS ?=
+
+bench-load: install
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/python benchmarks/load_test.py --workdir $(LOAD_WORKDIR) \
+		$(if $(LOAD_PRODUCTS),--products $(LOAD_PRODUCTS)) \
+		$(if $(LOAD_REQUESTS),--requests $(LOAD_REQUESTS)) \
+		--json $(BENCH_DIR)/load_test.json $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy-path .mypy_cache .ruff_cache .pytest_cache build *.egg-info

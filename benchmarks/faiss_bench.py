@@ -337,8 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         payload = {
             "args": {k: str(v) for k, v in vars(args).items()},
+            "faiss": faiss.__version__,
             "rows": [asdict(r) for r in rows],
         }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 

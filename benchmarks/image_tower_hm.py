@@ -11,7 +11,8 @@ initialisation. Chance is 0.001 / 0.010.
 Usage:
     nice -n 5 .venv/bin/python benchmarks/image_tower_hm.py --minutes 10 \\
         --launched-before 2020-06-22 --tower /tmp/towers/hm-mnv3-128 \\
-        --cache-dir /tmp/na-cache --out /tmp/image_tower_hm.md
+        --cache-dir /tmp/na-cache --out /tmp/image_tower_hm.md \\
+        --json reports/bench/image_tower_hm.json
 
 The data stays in the shared folder (default ``../shared/data/hm`` next to the repo); only
 the tower and the report are written.
@@ -39,6 +40,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="H&M-layout folder")
     p.add_argument("--tower", type=Path, default=Path("/tmp/towers/hm-mnv3-128"))
     p.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
+    p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--cache-dir", type=Path, default=None, help="text embedding cache")
     p.add_argument("--arch", default="mobilenetv3-small")
     p.add_argument("--image-size", type=int, default=128)
@@ -163,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.write_text(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"command": command, "data": str(args.data), **report.to_dict()}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -3,10 +3,14 @@
 Usage:
     python benchmarks/rebuild_bench.py --products 10000 --users 2000 --workdir /tmp/nb
 
-Prints one Markdown table. Each build runs in a fresh subprocess (``newarrivals
-build-index``) so its wall time includes what a real refresh pays (imports, model load),
-next to the in-process build time the library reports. All figures come from one run: the
-ratios are what to compare, since these machines are noisy.
+Prints one Markdown table (progress goes to stderr). Each build runs in a fresh subprocess
+(``newarrivals build-index``) so its wall time includes what a real refresh pays (imports,
+model load), next to the in-process build time the library reports. All figures come from
+one run: the ratios are what to compare, since these machines are noisy.
+
+``--out PATH`` also writes the figures as JSON: ``rows`` (one per run: ``run``, ``wall_s``,
+``build_s``, ``text_encoded``, ``image_encoded``), ``stages`` (the full build's per-stage
+items and seconds), the catalogue size, and each build's raw summary.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -71,6 +76,10 @@ def _change_one_percent(catalog_dir: Path, seed: int) -> int:
     return n
 
 
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=10_000)
@@ -84,6 +93,7 @@ def main() -> None:
 
     shutil.rmtree(args.workdir, ignore_errors=True)
     catalog = args.workdir / "catalog"
+    _log(f"generating a synthetic catalogue of {args.products} products, {args.users} users")
     t0 = time.perf_counter()
     write_synthetic(
         generate(SynthConfig(n_products=args.products, n_users=args.users, seed=args.seed)),
@@ -93,9 +103,12 @@ def main() -> None:
     synth_s = time.perf_counter() - t0
     index = args.workdir / "index"
 
+    _log("[1/4] full rebuild, empty cache (new process)")
     full_wall, full = _build(catalog, index, args.workdir / "full.json", [])
+    _log(f"[2/4] rebuild, nothing changed (full took {full_wall:.1f}s)")
     same_wall, same = _build(catalog, index, args.workdir / "same.json", [])
     changed = _change_one_percent(catalog, args.seed + 1)
+    _log(f"[3/4] rebuild, 1% changed ({changed} products, new process)")
     inc_wall, inc = _build(catalog, index, args.workdir / "inc.json", [])
 
     # The same 1% refresh in a process that already imported torch, sentence-transformers
@@ -108,6 +121,7 @@ def main() -> None:
         TextEncoderConfig,
     )
 
+    _log("[4/4] rebuild, 1% changed, in this process (libraries already imported)")
     _ = TextEncoder(TextEncoderConfig(), "cpu").model, ImageEncoder(ImageEncoderConfig()).model
     _change_one_percent(catalog, args.seed + 2)
     t0 = time.perf_counter()
@@ -148,17 +162,32 @@ def main() -> None:
             rate = st["items"] / st["seconds"] if st["seconds"] else float("inf")
             print(f"| {name} | {st['items']} | {st['seconds']:.2f} | {rate:,.0f} |")
     if args.out:
-        args.out.write_text(
-            json.dumps(
+        payload: dict[str, Any] = {
+            "products": args.products,
+            "users": args.users,
+            "changed": changed,
+            "rows": [
                 {
-                    "full": full,
-                    "same": same,
-                    "incremental": inc,
-                    "wall": [full_wall, same_wall, inc_wall],
-                },
-                indent=2,
-            )
-        )
+                    "run": name,
+                    "wall_s": round(wall, 2),
+                    "build_s": round(float(s["seconds"]), 2),
+                    "text_encoded": int(stage(s, "text", "encoded")),
+                    "image_encoded": int(stage(s, "image", "encoded")),
+                }
+                for name, wall, s in rows
+            ],
+            "stages": {
+                name: {"items": st["items"], "seconds": st["seconds"]}
+                for name, st in full["stages"].items()
+            },
+            "full": full,
+            "same": same,
+            "incremental": inc,
+            "warm": warm,
+            "wall": [full_wall, same_wall, inc_wall, warm_s],
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ at a different product), keeps a columnar metadata table for vectorised filterin
 the float32 vectors (for user vectors and exact fallbacks), and delegates nearest-neighbour
 search to a :class:`~newarrivals.indexer.ann.VectorIndex`.
 
-Rows are kept in int-id order and hold live products only, so ``int_ids`` is sorted and
-an int id's row is found with ``np.searchsorted``.
+Rows are kept in int-id order, so ``int_ids`` is sorted and an int id's row is found with
+``np.searchsorted``. Live updates are cheap: the columns live in buffers with spare capacity
+(an append copies only the new rows; a full buffer grows by a quarter, so appends are
+amortised O(1)), and a removed product's row stays behind as a *dead* row, masked out of
+every search, until dead rows are a quarter of all rows, when the columns are compacted
+in one pass. An upsert into a 100,000-product index therefore never copies the 100,000
+vectors (the ANN backend's own cost of a removal is described in :mod:`.ann`).
 
 On-disk layout inside one directory (the caller versions and publishes the directory):
 
@@ -62,6 +67,22 @@ COMPACT_TOMBSTONE_SHARE: Final = 0.25
 
 #: Rows per block in exact search: bounds the (queries x rows) score matrix.
 _EXACT_BLOCK: Final = 65_536
+
+#: A full column buffer grows by this share of its rows (at least ``_MIN_SPARE`` rows).
+_GROWTH: Final = 0.25
+_MIN_SPARE: Final = 64
+
+#: The per-row columns, kept in buffers with spare capacity (see the module docstring).
+_COLUMNS: Final = (
+    "_int_ids",
+    "_pids",
+    "_vectors",
+    "_category_code",
+    "_price",
+    "_launched_us",
+    "_available",
+    "_alive",
+)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -172,8 +193,8 @@ class ProductIndex:
     the approximate backend returns fewer than ``min(k, allowed)`` results is redone
     exactly over the allowed subset.
 
-    Not thread-safe for mutation: mutate a copy (or rebuild) and swap, while searches run
-    on the published one. Concurrent searches are safe.
+    Not thread-safe for mutation: exclude searches while mutating (a read-write lock, as
+    the HTTP service does), or mutate a copy and swap. Concurrent searches are safe.
 
     Example:
         >>> import numpy as np
@@ -226,6 +247,13 @@ class ProductIndex:
         self._price = price
         self._launched_us = launched_us
         self._available = available
+        # Dead rows (removed products) stay until compaction; see the module docstring.
+        self._alive: BoolArray = np.ones(int(int_ids.size), dtype=bool)
+        self._rows = int(int_ids.size)
+        self._dead = 0
+        self._buffers: dict[str, np.ndarray[Any, Any]] = {
+            name: getattr(self, name) for name in _COLUMNS
+        }
         self._next_id = next_id
         self.exact_below = exact_below
         self.exact_fraction = exact_fraction
@@ -296,14 +324,15 @@ class ProductIndex:
         return self._index
 
     def __len__(self) -> int:
-        return int(self._int_ids.size)
+        return self._rows - self._dead
 
     def __contains__(self, product_id: object) -> bool:
         return isinstance(product_id, str) and product_id in self._id_of
 
     def product_ids(self) -> list[str]:
         """Live product ids in int-id (insertion) order."""
-        return [str(p) for p in self._pids.tolist()]
+        pids = self._pids[self._alive] if self._dead else self._pids
+        return [str(p) for p in pids.tolist()]
 
     def vector(self, product_id: str) -> FloatArray:
         """A copy of one product's unit vector."""
@@ -365,7 +394,9 @@ class ProductIndex:
         return removed
 
     def compact(self) -> None:
-        """Rebuild the ANN index from the stored vectors (drops HNSW tombstones)."""
+        """Drop dead rows and rebuild the ANN index from the stored vectors (drops HNSW
+        tombstones)."""
+        self._compact_rows()
         self._index.build(self._vectors, self._int_ids)
 
     # -- search ---------------------------------------------------------------------
@@ -416,9 +447,12 @@ class ProductIndex:
         return self._candidates(scores, rows)
 
     def _mask(self, f: SearchFilter) -> BoolArray | None:
-        """Rows passing ``f`` (vectorised); ``None`` when every row passes."""
-        n = len(self)
-        mask = np.ones(n, dtype=bool)
+        """Rows passing ``f`` (vectorised); ``None`` when every live row passes.
+
+        Dead rows never pass; ``None`` still applies then, because the ANN backend holds
+        live products only.
+        """
+        mask = self._alive.copy()
         if f.available_only:
             mask &= self._available
         prefix = f.category_prefix
@@ -441,11 +475,14 @@ class ProductIndex:
             known = [p for p in f.exclude_ids if p in self._id_of]
             if known:
                 mask[self._rows_of(known)] = False
-        return None if bool(mask.all()) else mask
+        every_live_row = np.array_equal(mask, self._alive) if self._dead else bool(mask.all())
+        return None if every_live_row else mask
 
     def _exact(self, q: FloatArray, rows: IdArray | None, k: int) -> tuple[FloatArray, IdArray]:
-        """Exact top-``k`` rows among ``rows`` (all rows when None), blockwise."""
-        total = len(self) if rows is None else int(rows.size)
+        """Exact top-``k`` rows among ``rows`` (all live rows when None), blockwise."""
+        if rows is None and self._dead:
+            rows = np.flatnonzero(self._alive)
+        total = self._rows if rows is None else int(rows.size)
         best_s = np.full((q.shape[0], 0), -np.inf, dtype=np.float32)
         best_r = np.empty((q.shape[0], 0), dtype=np.int64)
         for lo in range(0, total, _EXACT_BLOCK):
@@ -487,21 +524,23 @@ class ProductIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._index.save(directory / INDEX_FILE)
+        # Only live rows are written (dead rows are an in-memory detail).
+        live = self._alive if self._dead else slice(None)
         ids = {
             "next_id": self._next_id,
-            "int_ids": self._int_ids.tolist(),
+            "int_ids": self._int_ids[live].tolist(),
             "product_ids": self.product_ids(),
         }
         (directory / IDS_FILE).write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
-        np.save(directory / VECTORS_FILE, self._vectors, allow_pickle=False)
+        np.save(directory / VECTORS_FILE, self._vectors[live], allow_pickle=False)
         with (directory / META_FILE).open("wb") as fh:
             np.savez(
                 fh,
                 category_vocab=np.asarray(self._vocab, dtype=np.str_),
-                category_code=self._category_code,
-                price=self._price,
-                launched_us=self._launched_us,
-                available=self._available,
+                category_code=self._category_code[live],
+                price=self._price[live],
+                launched_us=self._launched_us[live],
+                available=self._available[live],
             )
         ann = {
             "format": FORMAT_VERSION,
@@ -678,17 +717,51 @@ class ProductIndex:
         )
         launched = np.array([_launch_us(p) for p in products], dtype=np.int64)
         available = np.array([bool(p.available) for p in products], dtype=bool)
-        self._int_ids = np.concatenate([self._int_ids, ids])
-        self._pids = np.concatenate(
-            [self._pids, np.asarray([p.product_id for p in products], dtype=object)]
-        )
-        self._vectors = np.concatenate([self._vectors, unit])
-        self._category_code = np.concatenate([self._category_code, codes])
-        self._price = np.concatenate([self._price, price])
-        self._launched_us = np.concatenate([self._launched_us, launched])
-        self._available = np.concatenate([self._available, available])
+        values: dict[str, np.ndarray[Any, Any]] = {
+            "_int_ids": ids,
+            "_pids": np.asarray([p.product_id for p in products], dtype=object),
+            "_vectors": unit,
+            "_category_code": codes,
+            "_price": price,
+            "_launched_us": launched,
+            "_available": available,
+            "_alive": np.ones(len(products), dtype=bool),
+        }
+        start, end = self._rows, self._rows + len(products)
+        self._reserve(end)
+        for name, column in values.items():
+            self._buffers[name][start:end] = column
+        self._rows = end
+        self._sync_views()
         for p, i in zip(products, ids.tolist(), strict=True):
             self._id_of[p.product_id] = int(i)
+
+    def _reserve(self, rows: int) -> None:
+        """Make the column buffers hold at least ``rows`` rows (geometric growth)."""
+        capacity = int(self._buffers["_int_ids"].shape[0])
+        if rows <= capacity:
+            return
+        capacity = max(rows, self._rows + max(_MIN_SPARE, int(self._rows * _GROWTH)))
+        for name, old in self._buffers.items():
+            grown = np.empty((capacity, *old.shape[1:]), dtype=old.dtype)
+            grown[: self._rows] = old[: self._rows]
+            self._buffers[name] = grown
+
+    def _sync_views(self) -> None:
+        """Point the column attributes at the used part of their buffers."""
+        for name in _COLUMNS:
+            setattr(self, name, self._buffers[name][: self._rows])
+
+    def _compact_rows(self) -> None:
+        """Drop dead rows from every column (one copy of the live rows)."""
+        if not self._dead:
+            return
+        keep = self._alive.copy()
+        for name in _COLUMNS:
+            self._buffers[name] = np.ascontiguousarray(getattr(self, name)[keep])
+        self._rows = int(keep.sum())
+        self._dead = 0
+        self._sync_views()
 
     def _remove_known(self, product_ids: Sequence[str]) -> int:
         rows = self._rows_of(product_ids)
@@ -698,15 +771,9 @@ class ProductIndex:
                 f"the ANN index removed {removed} vectors for {len(rows)} known products; "
                 f"rebuild the index."
             )
-        keep = np.ones(len(self), dtype=bool)
-        keep[rows] = False
-        self._int_ids = self._int_ids[keep]
-        self._pids = self._pids[keep]
-        self._vectors = self._vectors[keep]
-        self._category_code = self._category_code[keep]
-        self._price = self._price[keep]
-        self._launched_us = self._launched_us[keep]
-        self._available = self._available[keep]
+        # The row stays as a dead row (no copy of the other rows); see _maybe_compact.
+        self._alive[rows] = False
+        self._dead += int(rows.size)
         for pid in product_ids:
             del self._id_of[pid]
         return removed
@@ -716,6 +783,8 @@ class ProductIndex:
         if dead and dead > COMPACT_TOMBSTONE_SHARE * (dead + len(self)):
             logger.info("compacting: %d tombstones, %d live vectors", dead, len(self))
             self.compact()
+        elif self._dead > COMPACT_TOMBSTONE_SHARE * self._rows:
+            self._compact_rows()
 
     def _rows_of(self, product_ids: Sequence[str]) -> IdArray:
         missing = [p for p in product_ids if p not in self._id_of]

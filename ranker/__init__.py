@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from .base import CandidateTokenCache, PairRanker, Ranker
 from .config import RankerConfig, RankerTrainConfig
 from .context import PairBatch, UserContext, candidate_text, context_item_text, context_text
+from .distill import (
+    DistillConfig,
+    DistillReport,
+    StudentConfig,
+    build_student,
+    distill_ranker,
+    fit_student,
+    rank_agreement,
+)
 from .mmr import intra_list_diversity, mmr_order, mmr_rerank
-from .model import CrossEncoderRanker, RankingInputError, ScoredCandidate, softmax
+from .model import (
+    CrossEncoderRanker,
+    RankingInputError,
+    ScoredCandidate,
+    TorchPairRanker,
+    softmax,
+)
+from .runtime import OnnxRanker, configure_threads, export_onnx, load_ranker
+from .shared import OnnxSharedContextRanker, SharedContextConfig, SharedContextRanker
 from .trainer import (
     EpochRecord,
     RankerTrainingReport,
@@ -22,29 +40,47 @@ from .trainer import (
 )
 
 __all__ = [
+    "CandidateTokenCache",
     "CrossEncoderRanker",
+    "DistillConfig",
+    "DistillReport",
     "EpochRecord",
+    "OnnxRanker",
+    "OnnxSharedContextRanker",
     "PairBatch",
+    "PairRanker",
+    "Ranker",
     "RankerConfig",
     "RankerTrainConfig",
     "RankerTrainingReport",
     "RankingInputError",
     "ScoredCandidate",
+    "SharedContextConfig",
+    "SharedContextRanker",
+    "StudentConfig",
+    "TorchPairRanker",
     "TrainingList",
     "UserContext",
+    "build_student",
     "build_training_lists",
     "candidate_text",
+    "configure_threads",
     "context_item_text",
     "context_text",
+    "distill_ranker",
     "expected_calibration_error",
+    "export_onnx",
     "fit_ranker",
+    "fit_student",
     "fit_temperature",
     "intra_list_diversity",
     "list_nll",
     "list_scores",
+    "load_ranker",
     "mmr_order",
     "mmr_rerank",
     "ndcg_at_k",
+    "rank_agreement",
     "softmax",
     "split_by_user",
     "train_ranker",

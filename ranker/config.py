@@ -13,7 +13,12 @@ from typing import Any
 from newarrivals.indexer.encoders.text import BUNDLED_MINILM
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.schema import EventType
-from newarrivals.indexer.validation import require_fraction, require_int, require_positive
+from newarrivals.indexer.validation import (
+    require_flag,
+    require_fraction,
+    require_int,
+    require_positive,
+)
 
 __all__ = ["RankerConfig", "RankerTrainConfig"]
 
@@ -97,7 +102,15 @@ class RankerTrainConfig:
         epochs: Passes over the training lists.
         max_minutes: Wall-clock training limit; ``None`` for none.
         batch_lists: Lists per optimiser step.
-        learning_rate: AdamW learning rate.
+        learning_rate: AdamW learning rate of the pretrained encoder.
+        head_learning_rate: AdamW learning rate of the new scoring head and the pooler in
+            front of it (they start from nothing useful, so they move faster).
+        warmup_fraction: Share of the steps the learning rates warm up over linearly;
+            they then decay linearly to 0 at the last step.
+        open_cls: Start the last encoder layer's attention uniform (its query projection
+            zeroed), so the [CLS] state the head reads begins as a mean over the whole
+            pair. MiniLM was trained with mean pooling: its pretrained [CLS] barely depends
+            on the input, and a head on it does not learn (see :mod:`.trainer`).
         weight_decay: AdamW weight decay.
         patience: Stop after this many evaluations without a better validation NDCG.
         ndcg_k: Cut-off of the validation NDCG used for early stopping.
@@ -115,7 +128,10 @@ class RankerTrainConfig:
     epochs: int = 5
     max_minutes: float | None = None
     batch_lists: int = 8
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
+    head_learning_rate: float = 2e-3
+    warmup_fraction: float = 0.1
+    open_cls: bool = True
     weight_decay: float = 0.01
     patience: int = 2
     ndcg_k: int = 10
@@ -156,6 +172,9 @@ class RankerTrainConfig:
             require_positive("max_minutes", self.max_minutes)
         require_int("batch_lists", self.batch_lists)
         require_positive("learning_rate", self.learning_rate)
+        require_positive("head_learning_rate", self.head_learning_rate)
+        require_fraction("warmup_fraction", self.warmup_fraction, below_one=True)
+        require_flag("open_cls", self.open_cls)
         if (
             isinstance(self.weight_decay, bool)
             or not isinstance(self.weight_decay, int | float)

@@ -6,53 +6,57 @@ every candidate in **one** batched forward pass and turns the raw scores ``z`` i
 softmax over the candidate list, ``p_i = exp(z_i / T) / sum_j exp(z_j / T)``, with the
 temperature ``T`` fitted on validation lists (:mod:`newarrivals.ranker.trainer`).
 
+The request path (context tokenised once, per-product candidate token cache, one batched
+pass, softmax) lives in :class:`~newarrivals.ranker.base.PairRanker`, shared with the ONNX
+Runtime ranker (:mod:`newarrivals.ranker.runtime`); this module adds the torch forward pass.
+
 An artifact is a directory: ``model.safetensors`` + ``config.json`` (the Hugging Face
-model, truncated to ``num_layers``), the tokenizer files, and ``ranker.json`` (ranker
-config, temperature, library versions, creation time). No pickles.
+model, truncated to ``num_layers``, or a distilled student), the tokenizer files, and
+``ranker.json`` (``kind``, ranker config, architecture, temperature, library versions,
+creation time). No pickles.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from abc import abstractmethod
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from newarrivals.indexer.encoders.text import BUNDLED_MINILM, bundled_minilm_path
-from newarrivals.indexer.errors import (
-    ConfigError,
-    IndexIntegrityError,
-    NewArrivalsError,
-    UnknownProductError,
-)
-from newarrivals.indexer.schema import Product
-from newarrivals.indexer.store import Candidate
+from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.indexer.version import library_versions
 
-from .config import RankerConfig
-from .context import (
-    PairBatch,
-    UserContext,
-    candidate_text,
-    encode_context,
-    encode_texts,
-    pair_batch,
+from .base import (
+    DEFAULT_CACHE_SIZE,
+    FloatArray,
+    PairRanker,
+    Ranker,
+    RankingInputError,
+    ScoredCandidate,
+    softmax,
 )
+from .config import RankerConfig
+from .context import PairBatch
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "MANIFEST_FILE",
+    "TORCH_KIND",
     "CrossEncoderRanker",
+    "Ranker",
     "RankingInputError",
     "ScoredCandidate",
+    "TorchPairRanker",
+    "pair_scores",
+    "read_manifest",
     "softmax",
 ]
 
@@ -60,38 +64,31 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FILE: Final = "ranker.json"
 FORMAT_VERSION: Final = 1
-
-FloatArray = npt.NDArray[np.float64]
-
-
-class RankingInputError(NewArrivalsError, ValueError):
-    """A ranking request cannot be scored (e.g. an empty or duplicated candidate list)."""
+#: ``kind`` in the manifest of a torch (``transformers``) ranker, teacher or student.
+TORCH_KIND: Final = "cross-encoder-ranker"
 
 
-@dataclass(frozen=True)
-class ScoredCandidate:
-    """One re-ranked candidate.
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a ranker artifact, its format version checked.
 
-    Attributes:
-        product_id: The product.
-        probability: Its softmax probability over the request's candidate list.
-        raw_score: The cross-encoder's logit ``z`` (before the temperature).
-        retrieval_score: The retrieval stage's score it arrived with.
+    Raises:
+        ConfigError: when ``directory`` holds no ranker manifest.
+        IndexIntegrityError: for a format this code cannot read.
     """
-
-    product_id: str
-    probability: float
-    raw_score: float
-    retrieval_score: float
-
-
-def softmax(scores: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
-    """A numerically stable softmax of ``scores / temperature`` over the last axis."""
-    z = np.asarray(scores, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    out: FloatArray = e / e.sum(axis=-1, keepdims=True)
-    return out
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ConfigError(
+            f"{directory} is not a ranker artifact (no {MANIFEST_FILE}); write one with "
+            "`newarrivals train-ranker` or `newarrivals distill-ranker`."
+        )
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexIntegrityError(
+            f"{directory} has ranker format {manifest.get('format_version')}, this code "
+            f"reads {FORMAT_VERSION}; retrain with this version of newarrivals."
+        )
+    return manifest
 
 
 def _hf_model_dir(path: Path) -> Path:
@@ -126,17 +123,11 @@ def _resolve_base(base_model: str) -> Path:
     return _hf_model_dir(path)
 
 
-class CrossEncoderRanker:
-    """Re-scores retrieval candidates for one user with a cross-encoder.
+class TorchPairRanker(PairRanker):
+    """A ranker whose forward pass is a torch module (a teacher or a distilled student).
 
-    Build it with :meth:`from_base` (new head on MiniLM or a local model) or :meth:`load`.
-
-    Example:
-        >>> ranker = CrossEncoderRanker.from_base(RankerConfig(num_layers=2))  # doctest: +SKIP
-        >>> context = ranker.encode_context([products["p1"], products["p7"]])  # doctest: +SKIP
-        >>> ranked = ranker.rank(context, candidates, products)  # doctest: +SKIP
-        >>> sum(c.probability for c in ranked)  # doctest: +SKIP
-        1.0
+    Subclasses define :meth:`forward` (raw scores of a pair batch, with autograd, for
+    training) and how the artifact is written and read.
     """
 
     def __init__(
@@ -147,19 +138,119 @@ class CrossEncoderRanker:
         *,
         temperature: float = 1.0,
         device: str = "cpu",
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
+        super().__init__(tokenizer, config, temperature=temperature, cache_size=cache_size)
         self._model = model.to(device)
         self._model.eval()
-        self._tokenizer = tokenizer
-        self._config = config
         self._device = device
-        self.temperature = temperature
         max_positions = int(getattr(model.config, "max_position_embeddings", 512))
         if config.max_pair_tokens > max_positions:
             raise ConfigError(
                 f"context_tokens + candidate_tokens + 3 = {config.max_pair_tokens} exceeds the "
                 f"model's {max_positions} positions; lower the token budgets."
             )
+
+    def _write_manifest(
+        self,
+        directory: Path,
+        kind: str,
+        extra: Mapping[str, Any] | None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Path:
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "config": self._config.to_dict(),
+            "num_layers": self.num_layers,
+            "architecture": self.architecture,
+            "temperature": self.temperature,
+            "weights": "model.safetensors",
+            **(fields or {}),
+            "created_at": datetime.now(UTC).isoformat(),
+            "library_versions": _ranker_library_versions(),
+        }
+        if extra is not None:
+            manifest["training"] = dict(extra)
+        (directory / MANIFEST_FILE).write_text(
+            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
+        )
+        return directory
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._model.config.num_hidden_layers)
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """Size of the encoder: layers, hidden and intermediate width, heads, parameters."""
+        cfg = self._model.config
+        return {
+            "model_type": str(getattr(cfg, "model_type", "")),
+            "num_layers": self.num_layers,
+            "hidden_size": int(cfg.hidden_size),
+            "intermediate_size": int(getattr(cfg, "intermediate_size", 0)),
+            "num_attention_heads": int(getattr(cfg, "num_attention_heads", 0)),
+            "max_position_embeddings": int(getattr(cfg, "max_position_embeddings", 0)),
+            "parameters": int(sum(p.numel() for p in self._model.parameters())),
+        }
+
+    @property
+    def torch_model(self) -> torch.nn.Module:
+        """The underlying torch module (for training)."""
+        module: torch.nn.Module = self._model
+        return module
+
+    @abstractmethod
+    def save(self, directory: Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write the artifact into ``directory``; ``extra`` goes to the manifest."""
+
+    # -- scoring --------------------------------------------------------------------
+
+    @abstractmethod
+    def forward(self, batch: PairBatch) -> torch.Tensor:
+        """Raw scores, shape ``(len(batch),)``, with autograd (the caller picks the mode)."""
+
+    def score_batch(self, batch: PairBatch) -> FloatArray:
+        """Raw scores of a prepared batch in eval mode, without autograd."""
+        import torch
+
+        if len(batch) == 0:
+            return np.zeros(0, dtype=np.float64)
+        was_training = self._model.training
+        if was_training:
+            self._model.eval()
+        try:
+            with torch.inference_mode():
+                out = self.forward(batch)
+        finally:
+            if was_training:
+                self._model.train()
+        scores: FloatArray = out.float().cpu().numpy().astype(np.float64)
+        return scores
+
+
+class CrossEncoderRanker(TorchPairRanker):
+    """Re-scores retrieval candidates for one user with a ``transformers`` cross-encoder.
+
+    Build it with :meth:`from_base` (new head on MiniLM or a local model), wrap any 1-logit
+    ``transformers`` sequence classifier (a distilled student), or :meth:`load` it. The
+    request path (context once, cached candidate tokens, one batched pass, softmax) is
+    :class:`~newarrivals.ranker.base.PairRanker`'s.
+
+    Example:
+        >>> ranker = CrossEncoderRanker.from_base(RankerConfig(num_layers=2))  # doctest: +SKIP
+        >>> context = ranker.encode_context([products["p1"], products["p7"]])  # doctest: +SKIP
+        >>> ranked = ranker.rank(context, candidates, products)  # doctest: +SKIP
+        >>> sum(c.probability for c in ranked)  # doctest: +SKIP
+        1.0
+    """
 
     # -- construction ---------------------------------------------------------------
 
@@ -196,26 +287,24 @@ class CrossEncoderRanker:
         return cls(model, tokenizer, config, device=device)
 
     @classmethod
-    def load(cls, directory: Path, *, device: str = "cpu") -> CrossEncoderRanker:
+    def load(
+        cls, directory: Path, *, device: str = "cpu", cache_size: int = DEFAULT_CACHE_SIZE
+    ) -> CrossEncoderRanker:
         """Load an artifact written by :meth:`save` and check it against its manifest.
 
         Raises:
+            ConfigError: when ``directory`` is not a torch ranker artifact.
             IndexIntegrityError: when the manifest and the weights disagree (naming both).
         """
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         directory = Path(directory)
-        manifest_path = directory / MANIFEST_FILE
-        if not manifest_path.is_file():
+        manifest = read_manifest(directory)
+        kind = manifest.get("kind", TORCH_KIND)
+        if kind != TORCH_KIND:
             raise ConfigError(
-                f"{directory} is not a ranker artifact (no {MANIFEST_FILE}); "
-                "write one with CrossEncoderRanker.save or `newarrivals train-ranker`."
-            )
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexIntegrityError(
-                f"{directory} has ranker format {manifest.get('format_version')}, this code "
-                f"reads {FORMAT_VERSION}; retrain with this version of newarrivals."
+                f"{directory} holds a {kind!r} ranker, not a torch one; load it with "
+                "newarrivals.ranker.load_ranker."
             )
         config = RankerConfig.from_dict(manifest["config"])
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -234,7 +323,12 @@ class CrossEncoderRanker:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         logger.info("loaded ranker %s (%d layers) on %s", directory, layers, device)
         return cls(
-            model, tokenizer, config, temperature=float(manifest["temperature"]), device=device
+            model,
+            tokenizer,
+            config,
+            temperature=float(manifest["temperature"]),
+            device=device,
+            cache_size=cache_size,
         )
 
     def save(self, directory: Path, *, extra: Mapping[str, Any] | None = None) -> Path:
@@ -251,182 +345,35 @@ class CrossEncoderRanker:
         directory.mkdir(parents=True, exist_ok=True)
         self._model.save_pretrained(str(directory), safe_serialization=True)
         self._tokenizer.save_pretrained(str(directory))
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "kind": "cross-encoder-ranker",
-            "config": self._config.to_dict(),
-            "num_layers": self.num_layers,
-            "temperature": self.temperature,
-            "weights": "model.safetensors",
-            "created_at": datetime.now(UTC).isoformat(),
-            "library_versions": _ranker_library_versions(),
-        }
-        if extra is not None:
-            manifest["training"] = dict(extra)
-        (directory / MANIFEST_FILE).write_text(
-            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
-        )
-        return directory
-
-    # -- properties -----------------------------------------------------------------
-
-    @property
-    def config(self) -> RankerConfig:
-        return self._config
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @property
-    def num_layers(self) -> int:
-        return int(self._model.config.num_hidden_layers)
-
-    @property
-    def torch_model(self) -> torch.nn.Module:
-        """The underlying ``transformers`` model (for training)."""
-        module: torch.nn.Module = self._model
-        return module
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._tokenizer
-
-    @property
-    def temperature(self) -> float:
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not np.isfinite(value)
-            or value <= 0
-        ):
-            raise ConfigError(f"temperature must be a finite number > 0, got {value!r}.")
-        self._temperature = float(value)
-
-    # -- text -----------------------------------------------------------------------
-
-    def encode_context(self, recent: Sequence[Product]) -> UserContext:
-        """Tokenise a user's context once per request (``recent`` newest first)."""
-        return encode_context(
-            self._tokenizer,
-            recent,
-            max_items=self._config.max_context_items,
-            budget=self._config.context_tokens,
-        )
-
-    def encode_candidates(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of candidate texts, cut to the candidate budget."""
-        return encode_texts(self._tokenizer, texts, self._config.candidate_tokens)
-
-    def pairs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> PairBatch:
-        """Model inputs for (context ids, candidate ids) pairs."""
-        tok = self._tokenizer
-        return pair_batch(
-            pairs, cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id
-        )
-
-    # -- scoring --------------------------------------------------------------------
+        return self._write_manifest(directory, TORCH_KIND, extra)
 
     def forward(self, batch: PairBatch) -> torch.Tensor:
         """Raw logits, shape ``(len(batch),)``, with autograd (the caller picks the mode)."""
         import torch
 
-        inputs = {
-            "input_ids": torch.from_numpy(batch.input_ids).to(self._device),
-            "token_type_ids": torch.from_numpy(batch.token_type_ids).to(self._device),
-            "attention_mask": torch.from_numpy(batch.attention_mask).to(self._device),
-        }
-        logits: torch.Tensor = self._model(**inputs).logits
-        return logits.squeeze(-1)
+        return pair_scores(
+            self._model,
+            torch.from_numpy(batch.input_ids).to(self._device),
+            torch.from_numpy(batch.attention_mask).to(self._device),
+            torch.from_numpy(batch.token_type_ids).to(self._device),
+        )
 
-    def score_batch(self, batch: PairBatch) -> FloatArray:
-        """Raw scores of a prepared batch in eval mode, without autograd."""
-        import torch
 
-        if len(batch) == 0:
-            return np.zeros(0, dtype=np.float64)
-        was_training = self._model.training
-        self._model.eval()
-        try:
-            with torch.inference_mode():
-                out = self.forward(batch)
-        finally:
-            self._model.train(was_training)
-        scores: FloatArray = out.float().cpu().numpy().astype(np.float64)
-        return scores
+def pair_scores(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor,
+) -> torch.Tensor:
+    """The one definition of a pair's raw score: the model's 1-logit head, ``(batch,)``.
 
-    def score(self, context: UserContext, candidate_texts: Sequence[str]) -> FloatArray:
-        """Raw scores of each candidate text for this context: one batched forward pass.
-
-        Raises:
-            RankingInputError: when there is no candidate.
-        """
-        if not candidate_texts:
-            raise RankingInputError(
-                "the candidate list is empty; pass the retrieval stage's candidates "
-                "(at least one) to score."
-            )
-        cands = self.encode_candidates(candidate_texts)
-        return self.score_batch(self.pairs([(context.token_ids, c) for c in cands]))
-
-    def rank(
-        self,
-        context: UserContext,
-        candidates: Sequence[Candidate],
-        products: Mapping[str, Product],
-    ) -> list[ScoredCandidate]:
-        """Re-order retrieval candidates with softmax probabilities over the list.
-
-        Args:
-            context: The user's context from :meth:`encode_context`.
-            candidates: The retrieval stage's candidates (ids and retrieval scores).
-            products: The catalogue, to read each candidate's text.
-
-        Returns:
-            The candidates, most probable first (ties keep the retrieval order); the
-            probabilities sum to 1.
-
-        Raises:
-            RankingInputError: for an empty list or a product listed twice.
-            UnknownProductError: naming a candidate that is not in ``products``.
-        """
-        if not candidates:
-            raise RankingInputError(
-                "the candidate list is empty; retrieve candidates for the user first "
-                "(retrieve_for_user or recommend_for_user) and pass at least one."
-            )
-        seen: set[str] = set()
-        texts: list[str] = []
-        for c in candidates:
-            if c.product_id in seen:
-                raise RankingInputError(
-                    f"product {c.product_id!r} is listed twice among the candidates; "
-                    "deduplicate the candidate list."
-                )
-            seen.add(c.product_id)
-            product = products.get(c.product_id)
-            if product is None:
-                raise UnknownProductError(
-                    f"candidate product {c.product_id!r} is not in the catalogue passed to "
-                    "rank(); pass the catalogue the index was built from."
-                )
-            texts.append(candidate_text(product))
-        raw = self.score(context, texts)
-        probs = softmax(raw, self.temperature)
-        order = np.argsort(-probs, kind="stable")
-        return [
-            ScoredCandidate(
-                product_id=candidates[i].product_id,
-                probability=float(probs[i]),
-                raw_score=float(raw[i]),
-                retrieval_score=float(candidates[i].score),
-            )
-            for i in order.tolist()
-        ]
+    :meth:`CrossEncoderRanker.forward` and the ONNX export
+    (:func:`newarrivals.ranker.runtime.export_onnx`) both call this, so a change to how
+    pairs are scored (pooling, head) reaches every runtime.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    logits: torch.Tensor = out.logits[:, 0]
+    return logits
 
 
 def _ranker_library_versions() -> dict[str, str]:

@@ -1,28 +1,63 @@
-"""Fine-tuning the cross-encoder on lists built from interactions, and calibrating it.
+"""Fine-tuning the cross-encoder on lists built from interactions, calibrating it, blending.
 
-**Lists.** Interactions are replayed in time order through the retrieval stage's user
-vectors (:class:`~newarrivals.indexer.users.UserVectors`). At each positive event (a
-purchase by default) the user's state *just before it* gives the context (their recent
-products, newest first, the positive itself left out) and the retrieval query (their
-vector then). A list is the positive, ``hard_negatives`` drawn at random from the top
-``retrieval_candidates`` the index returns for that query (context products and the
-positive removed), and ``random_negatives`` from the whole catalogue, shuffled.
+**Lists, two ways.**
+
+* *Cold-start windows* (:func:`build_cold_start_lists`; ``train-ranker`` by default). The
+  evaluation's own protocol replayed on the past, so the ranker trains on the lists it
+  will re-rank. For pseudo-cutoffs ``c_k = cutoff - k * window_days`` (``k = 1..windows``),
+  the interactions before ``c_k`` are the history, the products first seen in
+  ``[c_k, c_k + window_days)`` are the pseudo-cold pool, and every user with a history who
+  bought one of them gets lists: the bought product, ``hard_negatives`` drawn from the top
+  ``retrieval_candidates`` that the same retrieval method as the two-stage evaluation
+  returns from that pool (the real candidate pool: new arrivals ordered the way the first
+  stage orders them), and ``random_negatives`` from the rest of the pool. Each list carries
+  its candidates' retrieval score and photo/text similarity (the blend's features), and each
+  (window, user) also gives a :class:`RerankList`: the whole retrieval top-N with the
+  bought products marked, on which the blend is fitted and two-stage NDCG is checked.
+  Nothing at or after ``cutoff`` is read.
+* *Index replay* (:func:`build_training_lists`). Interactions are replayed in time order
+  through the retrieval index's user vectors; at each positive event the user's state just
+  before it gives the context and the query, the list is the positive, hard negatives from
+  the index's top ``retrieval_candidates`` (all products, not only new ones) and random
+  ones from the whole catalogue.
 
 **Training.** Listwise softmax cross-entropy (the positive's negative log-probability under
-the softmax over its list), AdamW, gradient clipping at 1, and early stopping on the
-validation NDCG@k (lists of held-out users); the best epoch's weights are kept.
+the softmax over its list), AdamW with two learning rates (``learning_rate`` for the
+pretrained encoder, ``head_learning_rate`` for the new head and the pooler), linear warmup
+then linear decay, gradient clipping at 1, and early stopping on the validation NDCG@k;
+the best epoch's weights are kept.
 
-**Calibration.** The temperature ``T`` minimises the validation NLL of the positive (a
-1-d search over ``log T``: a grid, then golden-section refinement). The reported expected
-calibration error is the **top-1** ECE: per list, the confidence is the largest
-probability and the outcome whether that candidate is the positive; lists are put in
-``ece_bins`` equal-width confidence bins and ECE = sum over bins of (share of lists) x
-|accuracy - mean confidence|. ``T`` is fitted and ECE reported on the same validation
-lists (one parameter, so the in-sample optimism is small; say so when you quote it).
+*Why the first pass did not learn.* Its loss sat at ln(list size) for a whole run and the
+temperature fit ran to the edge of its range. MiniLM (``all-MiniLM-L6-v2``) was trained
+with mean pooling, so its [CLS] state, the only thing a sequence-classification head reads,
+is an attention sink that hardly depends on the pair: across the 20 candidates of one list
+its per-dimension standard deviation was .0007 against a norm of 8, and the logits differed
+by 5e-5. A head on it has no signal to fit and the encoder almost no gradient to follow:
+overfitting a fixed batch of 8 lists for 30 steps left the loss at 2.296 (chance 2.303)
+with the pretrained [CLS] and 1.79 with ``open_cls`` (a mean-pooled head: 1.37). A higher
+learning rate alone did not help. ``open_cls`` zeroes the last layer's query projection
+before training: every token then attends uniformly, so [CLS] starts as a mean over the
+whole pair (what MiniLM's representations were trained for), and the query weights learn
+back from zero. It is a change of initial weights only: the architecture, the artifact
+format, ONNX export and distillation are untouched.
 
-NDCG with one relevant item is ``1 / log2(1 + rank)`` when ``rank <= k``, else 0; tied
-scores count as the average over the tied positions (so a constant scorer is not
-rewarded or punished by the order of the list).
+**Calibration.** The temperature ``T`` minimises the NLL of the positive on the validation
+lists (a 1-d search over ``log T``: a grid, then golden-section refinement); the training
+lists are never used. The reported expected calibration error is the **top-1** ECE on the
+*holdout* lists when given (validation users kept out of early stopping and the fit), else
+on the validation lists: per list the confidence is the largest probability and the outcome
+whether that candidate is the positive; lists go into ``ece_bins`` equal-width confidence
+bins and ECE = sum over bins of (share of lists) x |accuracy - mean confidence|.
+
+**Blend.** :func:`fit_rerank_blend` scores the validation users' re-rank lists with the
+trained ranker and fits a :class:`~.blend.Blend` of the ranker score with the retrieval
+score and photo similarity on them; the holdout users' re-rank lists report NDCG@k of the
+retrieval order, the ranker alone and the blend.
+
+NDCG of a training list (one relevant item) is ``1 / log2(1 + rank)`` when ``rank <= k``,
+else 0; tied scores count as the average over the tied positions (so a constant scorer is
+not rewarded or punished by the order of the list). NDCG of a re-rank list uses the
+evaluation's definition (binary gains, ideal DCG over all the user's items in the window).
 """
 
 from __future__ import annotations
@@ -32,32 +67,56 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.errors import CatalogError
-from newarrivals.indexer.schema import Interaction, Product
+from newarrivals.indexer.errors import CatalogError, ConfigError
+from newarrivals.indexer.evaluation.methods import EvalData, MaxSimilarityMethod, ProductVectors
+from newarrivals.indexer.evaluation.protocol import parse_cutoff, split_catalog
+from newarrivals.indexer.schema import Catalog, Interaction, Product
 from newarrivals.indexer.store import ProductIndex
 from newarrivals.indexer.users import UserVectors
+from newarrivals.indexer.validation import require_int, require_positive
 
+from .base import PairRanker
+from .blend import Blend, BlendList, fit_blend
 from .config import RankerConfig, RankerTrainConfig
 from .context import candidate_text, context_text, encode_texts
+from .evaluation import (
+    RETRIEVAL_METHODS,
+    candidate_features,
+    recent_products,
+    retrieval_method,
+    top_candidates,
+)
 from .model import CrossEncoderRanker, softmax
 
 __all__ = [
+    "ColdStartListConfig",
+    "ColdStartLists",
     "EpochRecord",
     "RankerTrainingReport",
+    "RerankList",
+    "RerankReport",
     "TrainingList",
+    "blend_for_ranker",
+    "build_cold_start_lists",
     "build_training_lists",
     "expected_calibration_error",
+    "fit_cold_start_ranker",
     "fit_ranker",
+    "fit_rerank_blend",
     "fit_temperature",
     "list_nll",
     "list_scores",
     "ndcg_at_k",
+    "open_cls",
+    "rerank_ndcg",
     "split_by_user",
+    "split_three_ways",
     "train_ranker",
 ]
 
@@ -65,6 +124,13 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+#: Blend features in column order; ``image`` only where photo vectors exist. The text
+#: similarity is left out: the retrieval score already averages it with the photo's, and
+#: three collinear columns fitted on a few dozen lists only add variance.
+BLEND_FEATURES = ("ranker", "retrieval", "image")
+#: The blend's prior: retrieval alone (see :mod:`.blend`).
+BLEND_PRIOR = {"retrieval": 1.0}
 
 
 @dataclass(frozen=True)
@@ -76,12 +142,36 @@ class TrainingList:
         context_ids: The user's recent products before the positive, newest first.
         candidate_ids: The positive and the negatives, shuffled.
         positive: Index of the positive in ``candidate_ids``.
+        features: Per-candidate side features by name (``retrieval``, ``image``, ...), in
+            ``candidate_ids`` order; empty when the builder had none.
     """
 
     user_id: str
     context_ids: tuple[str, ...]
     candidate_ids: tuple[str, ...]
     positive: int
+    features: Mapping[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class RerankList:
+    """What the two-stage method re-ranks for one user in one window.
+
+    Attributes:
+        user_id: Whose list it is.
+        context_ids: Their recent products before the window, newest first.
+        candidate_ids: The retrieval top-N of the pseudo-cold pool, in retrieval order.
+        relevant: Whether each candidate is one the user bought in the window.
+        n_relevant: How many pool products the user bought in the window (retrieved or not).
+        features: Per-candidate side features by name, in ``candidate_ids`` order.
+    """
+
+    user_id: str
+    context_ids: tuple[str, ...]
+    candidate_ids: tuple[str, ...]
+    relevant: tuple[bool, ...]
+    n_relevant: int
+    features: Mapping[str, tuple[float, ...]]
 
 
 @dataclass(frozen=True)
@@ -96,7 +186,13 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class RankerTrainingReport:
-    """What a training run did and how the ranker scores on the validation lists."""
+    """What a training run did and how the ranker scores on validation and holdout lists.
+
+    ``ndcg_retrieval`` is the validation NDCG@k of the lists ordered by their retrieval
+    score (``nan`` when the lists carry none); the ``holdout_*`` fields are measured on the
+    holdout lists (``nan`` and 0 lists when there were none) and calibration is reported
+    there, T having been fitted on the validation lists.
+    """
 
     n_train_lists: int
     n_val_lists: int
@@ -115,6 +211,12 @@ class RankerTrainingReport:
     ece_kind: str
     seconds: float
     history: tuple[EpochRecord, ...] = field(default_factory=tuple)
+    steps: int = 0
+    ndcg_retrieval: float = math.nan
+    n_holdout_lists: int = 0
+    holdout_ndcg_before: float = math.nan
+    holdout_ndcg_after: float = math.nan
+    holdout_ndcg_retrieval: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,7 +224,7 @@ class RankerTrainingReport:
         return data
 
 
-# -- lists --------------------------------------------------------------------------
+# -- lists: index replay --------------------------------------------------------------
 
 
 def build_training_lists(
@@ -134,6 +236,9 @@ def build_training_lists(
     max_context_items: int = 10,
 ) -> list[TrainingList]:
     """Lists from ``events`` (pass only those before the cutoff); see the module docstring.
+
+    Each list's ``features["retrieval"]`` is the inner product of the user's vector at that
+    moment with each candidate's index vector.
 
     Raises:
         CatalogError: when the catalogue has too few products for one list.
@@ -176,7 +281,7 @@ def build_training_lists(
     k = min(len(store), config.retrieval_candidates + max_context_items + 1)
     hits = store.search(np.stack([r[3] for r in rows]), k)
     lists: list[TrainingList] = []
-    for (user_id, context, positive, _), found in zip(rows, hits, strict=True):
+    for (user_id, context, positive, vector), found in zip(rows, hits, strict=True):
         banned = {positive, *context}
         retrieved = [c.product_id for c in found if c.product_id not in banned]
         retrieved = [p for p in retrieved if p in products][: config.retrieval_candidates]
@@ -194,8 +299,219 @@ def build_training_lists(
         at = int(rng.integers(config.list_size))
         order = [negatives[int(i)] for i in rng.permutation(len(negatives))]
         order.insert(at, positive)
-        lists.append(TrainingList(user_id, context, tuple(order), at))
+        retrieval = store.vectors_for(order).astype(np.float64) @ vector.astype(np.float64)
+        lists.append(
+            TrainingList(
+                user_id, context, tuple(order), at, {"retrieval": tuple(retrieval.tolist())}
+            )
+        )
     return lists
+
+
+# -- lists: cold-start windows --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColdStartListConfig:
+    """The pseudo cold-start windows lists are built from (see the module docstring).
+
+    Args:
+        windows: How many windows, stepping back from the cutoff.
+        window_days: Length of each window (the H&M test period is 92 days).
+        retrieval: The first stage whose top candidates give the hard negatives, one of
+            :data:`~.evaluation.RETRIEVAL_METHODS` (use the one the two-stage evaluation
+            starts from).
+        max_users: Build lists for at most this many (seeded random) users per window;
+            ``None`` for all (a budget knob for slow CPUs).
+
+    Example:
+        >>> ColdStartListConfig(windows=2, window_days=30).window_days
+        30.0
+    """
+
+    windows: int = 4
+    window_days: float = 91.0
+    retrieval: str = "fused-late/max"
+    max_users: int | None = None
+
+    def __post_init__(self) -> None:
+        require_int("windows", self.windows)
+        require_positive("window_days", self.window_days)
+        object.__setattr__(self, "window_days", float(self.window_days))
+        if self.retrieval not in RETRIEVAL_METHODS:
+            raise ConfigError(
+                f"retrieval must be one of {', '.join(RETRIEVAL_METHODS)}, got {self.retrieval!r}."
+            )
+        if self.max_users is not None:
+            require_int("max_users", self.max_users)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class ColdStartLists:
+    """Everything :func:`build_cold_start_lists` built.
+
+    Attributes:
+        lists: Training-format lists (positive, hard and random negatives).
+        rerank: One re-rank list per (window, user).
+        features: The side features the lists carry, in blend column order.
+        windows: Per window: its start, pool size, users and lists (for the report).
+    """
+
+    lists: list[TrainingList]
+    rerank: list[RerankList]
+    features: tuple[str, ...]
+    windows: list[dict[str, Any]]
+
+
+def _feature_rows(
+    columns: Mapping[str, FloatArray], u: int, items: Sequence[int]
+) -> dict[str, tuple[float, ...]]:
+    idx = np.asarray(items, dtype=np.int64)
+    matrix = candidate_features({k: v[u, idx] for k, v in columns.items()}, list(columns))
+    return {name: tuple(matrix[:, j].tolist()) for j, name in enumerate(columns)}
+
+
+def build_cold_start_lists(
+    events: Sequence[Interaction],
+    products: Mapping[str, Product],
+    vectors: Mapping[str, ProductVectors],
+    cutoff: str | datetime,
+    config: RankerTrainConfig,
+    lists_config: ColdStartListConfig,
+    *,
+    max_context_items: int = 10,
+) -> ColdStartLists:
+    """Training and re-rank lists from pseudo cold-start windows before ``cutoff``.
+
+    Args:
+        events: Interactions; any at or after ``cutoff`` are ignored.
+        products: The catalogue, by product id.
+        vectors: Product vectors by variant (``text``, ``image``), as the evaluation
+            encodes them; products first seen in a window need a vector to be retrieved.
+        cutoff: The real cutoff (the end of the latest window).
+        config: List sizes, positive events, seed, per-user cap.
+        lists_config: Windows and the retrieval method.
+        max_context_items: Products in a context (newest first, those with text).
+
+    Raises:
+        CatalogError: when no window yields a list.
+    """
+    moment = parse_cutoff(cutoff)
+    rng = np.random.default_rng(config.seed)
+    past = [e for e in events if e.timestamp < moment]
+    columns_of = ("retrieval", *(n for n in ("image", "text") if n in vectors))
+    lists: list[TrainingList] = []
+    rerank: list[RerankList] = []
+    report: list[dict[str, Any]] = []
+    span = timedelta(days=lists_config.window_days)
+    for k in range(1, lists_config.windows + 1):
+        start, end = moment - k * span, moment - (k - 1) * span
+        window_events = [e for e in past if e.timestamp < end]
+        # A product's launch date may come from the future (H&M: its first sale); only
+        # products known by the window's end may be candidates.
+        known = [p for p in products.values() if p.launched_at is None or p.launched_at < end]
+        split = split_catalog(
+            Catalog(products=known, interactions=window_events),
+            start,
+            test_events=config.positive_events,
+        )
+        if not split.test_users or len(split.cold_ids) < config.list_size:
+            report.append({"start": start.isoformat(), "users": 0, "lists": 0})
+            continue
+        data = EvalData(split=split, products=products, vectors=vectors)
+        retrieval = np.asarray(
+            retrieval_method(lists_config.retrieval, vectors).score(data), dtype=np.float64
+        )
+        columns: dict[str, FloatArray] = {"retrieval": retrieval}
+        for name in columns_of[1:]:
+            method = MaxSimilarityMethod(f"{name} / max similarity", vectors[name])
+            columns[name] = np.asarray(method.score(data), dtype=np.float64)
+        position = {pid: i for i, pid in enumerate(split.cold_ids)}
+        users = list(range(len(split.test_users)))
+        if lists_config.max_users is not None and lists_config.max_users < len(users):
+            users = sorted(rng.choice(len(users), lists_config.max_users, replace=False).tolist())
+        n_lists = n_users = 0
+        for u in users:
+            user = split.test_users[u]
+            context = tuple(
+                p.product_id
+                for p in recent_products(split.history[user], products, max_context_items)
+            )
+            if not context:
+                continue
+            truth = {position[p] for p in split.truth[user]}
+            top = top_candidates(retrieval[u], config.retrieval_candidates).tolist()
+            n_users += 1
+            rerank.append(
+                RerankList(
+                    user_id=user,
+                    context_ids=context,
+                    candidate_ids=tuple(split.cold_ids[i] for i in top),
+                    relevant=tuple(i in truth for i in top),
+                    n_relevant=len(truth),
+                    features=_feature_rows(columns, u, top),
+                )
+            )
+            hard_pool = [i for i in top if i not in truth]
+            positives = sorted(truth)
+            if len(positives) > config.max_lists_per_user:
+                positives = sorted(
+                    rng.choice(positives, config.max_lists_per_user, replace=False).tolist()
+                )
+            for positive in positives:
+                n_hard = min(config.hard_negatives, len(hard_pool))
+                negatives = [hard_pool[int(i)] for i in rng.permutation(len(hard_pool))[:n_hard]]
+                banned = {*truth, *negatives}
+                want = config.list_size - 1 - len(negatives)
+                while want > 0:
+                    draw = int(rng.integers(len(split.cold_ids)))
+                    if draw not in banned:
+                        negatives.append(draw)
+                        banned.add(draw)
+                        want -= 1
+                at = int(rng.integers(config.list_size))
+                order = [negatives[int(i)] for i in rng.permutation(len(negatives))]
+                order.insert(at, positive)
+                lists.append(
+                    TrainingList(
+                        user_id=user,
+                        context_ids=context,
+                        candidate_ids=tuple(split.cold_ids[i] for i in order),
+                        positive=at,
+                        features=_feature_rows(columns, u, order),
+                    )
+                )
+                n_lists += 1
+        report.append(
+            {
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "pool": len(split.cold_ids),
+                "users": n_users,
+                "lists": n_lists,
+                "truth_in_top": int(sum(sum(r.relevant) for r in rerank[-n_users:]))
+                if n_users
+                else 0,
+                "truth_pairs": split.n_truth_pairs,
+            }
+        )
+        logger.info(
+            "window from %s: %d pseudo-cold products, %d users, %d lists",
+            start.date(),
+            len(split.cold_ids),
+            n_users,
+            n_lists,
+        )
+    if not lists:
+        raise CatalogError(
+            f"no pseudo cold-start window before {moment.date()} gave a list "
+            f"({lists_config.windows} windows of {lists_config.window_days:g} days); use "
+            "shorter windows, fewer of them, or a later cutoff."
+        )
+    return ColdStartLists(lists, rerank, columns_of, report)
 
 
 def split_by_user(
@@ -238,6 +554,21 @@ def ndcg_at_k(scores: FloatArray, positives: IntArray, k: int) -> float:
     return total / int(scores.shape[0])
 
 
+def rerank_ndcg(scores: Sequence[FloatArray], lists: Sequence[RerankList], k: int) -> float:
+    """Mean NDCG@k of re-rank lists ordered by ``scores`` (one array per list; ties keep the
+    list's retrieval order), ideal DCG over each user's items in the window."""
+    if not lists:
+        return math.nan
+    discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    total = 0.0
+    for s, lst in zip(scores, lists, strict=True):
+        order = np.argsort(-np.asarray(s, dtype=np.float64), kind="stable")[:k]
+        hits = np.asarray(lst.relevant, dtype=np.float64)[order]
+        ideal = discounts[: min(lst.n_relevant, k)].sum()
+        total += float(hits @ discounts[: len(hits)]) / ideal if ideal > 0 else 0.0
+    return total / len(lists)
+
+
 def list_nll(scores: FloatArray, positives: IntArray, temperature: float = 1.0) -> float:
     """Mean negative log-probability of the positive under the softmax over its list."""
     z = scores / temperature
@@ -261,11 +592,18 @@ def expected_calibration_error(probs: FloatArray, positives: IntArray, n_bins: i
     return float(ece)
 
 
+_LOG_T_RANGE = (math.log(1e-3), math.log(1e3))
+
+
 def fit_temperature(scores: FloatArray, positives: IntArray) -> float:
-    """The temperature minimising :func:`list_nll` (grid over log T, then golden section)."""
+    """The temperature minimising :func:`list_nll` (grid over log T, then golden section).
+
+    A result at the edge of [1e-3, 1e3] means the scores are (nearly) constant or perfectly
+    separating; it is logged as a warning.
+    """
     if scores.shape[0] == 0:
         return 1.0
-    grid = np.linspace(math.log(1e-3), math.log(1e3), 121)
+    grid = np.linspace(*_LOG_T_RANGE, 121)
     nll = [list_nll(scores, positives, math.exp(g)) for g in grid]
     best = int(np.argmin(nll))
     lo, hi = grid[max(0, best - 1)], grid[min(len(grid) - 1, best + 1)]
@@ -281,6 +619,12 @@ def fit_temperature(scores: FloatArray, positives: IntArray) -> float:
     # Never return something worse than the best grid point (flat or noisy objective).
     if list_nll(scores, positives, fitted) > nll[best]:
         fitted = math.exp(grid[best])
+    if best in (0, len(grid) - 1):
+        logger.warning(
+            "temperature %.3g is at the edge of its range: the scores barely separate the "
+            "lists (untrained or collapsed ranker?)",
+            fitted,
+        )
     return fitted
 
 
@@ -292,8 +636,8 @@ class _Tokens:
 
     def __init__(
         self,
-        ranker: CrossEncoderRanker,
-        lists: Sequence[TrainingList],
+        ranker: PairRanker,
+        lists: Sequence[TrainingList | RerankList],
         products: Mapping[str, Product],
     ) -> None:
         ids = sorted({pid for lst in lists for pid in lst.candidate_ids})
@@ -309,7 +653,9 @@ class _Tokens:
             zip(contexts, encoded_ctx, strict=True)
         )
 
-    def pairs(self, lists: Sequence[TrainingList]) -> list[tuple[list[int], list[int]]]:
+    def pairs(
+        self, lists: Sequence[TrainingList | RerankList]
+    ) -> list[tuple[list[int], list[int]]]:
         return [
             (self.context[lst.context_ids], self.product[pid])
             for lst in lists
@@ -349,11 +695,91 @@ def list_scores(
     return out
 
 
+def _rerank_scores(
+    ranker: PairRanker,
+    lists: Sequence[RerankList],
+    products: Mapping[str, Product],
+    *,
+    batch_pairs: int = 256,
+) -> list[FloatArray]:
+    """The ranker's raw scores of each re-rank list's candidates."""
+    if not lists:
+        return []
+    tokens = _Tokens(ranker, lists, products)
+    pairs = tokens.pairs(lists)
+    flat = np.concatenate(
+        [
+            ranker.score_batch(ranker.pairs(pairs[lo : lo + batch_pairs]))
+            for lo in range(0, len(pairs), batch_pairs)
+        ]
+    )
+    out: list[FloatArray] = []
+    at = 0
+    for lst in lists:
+        out.append(flat[at : at + len(lst.candidate_ids)])
+        at += len(lst.candidate_ids)
+    return out
+
+
 def _positives(lists: Sequence[TrainingList]) -> IntArray:
     return np.asarray([lst.positive for lst in lists], dtype=np.int64)
 
 
+def _retrieval_matrix(lists: Sequence[TrainingList]) -> FloatArray | None:
+    if not lists or any("retrieval" not in lst.features for lst in lists):
+        return None
+    return np.asarray([lst.features["retrieval"] for lst in lists], dtype=np.float64)
+
+
 # -- training -----------------------------------------------------------------------
+
+
+def open_cls(model: Any) -> bool:
+    """Zero the last encoder layer's query projection, so every token (and so [CLS])
+    attends uniformly over the pair; see the module docstring. Returns whether the model
+    had a BERT-style layer to open (others are left alone)."""
+    import torch
+
+    encoder = getattr(getattr(model, "base_model", None), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not layers:
+        return False
+    attention = getattr(getattr(layers[-1], "attention", None), "self", None)
+    query = getattr(attention, "query", None)
+    if not isinstance(query, torch.nn.Linear):
+        return False
+    with torch.no_grad():
+        query.weight.zero_()
+        if query.bias is not None:
+            query.bias.zero_()
+    return True
+
+
+def _optimiser(model: Any, config: RankerTrainConfig, total_steps: int) -> tuple[Any, Any]:
+    """AdamW with the head's own learning rate, and the warmup-then-linear-decay schedule."""
+    import torch
+
+    head = ("classifier", "pooler")
+    encoder_params = [
+        p for n, p in model.named_parameters() if not any(h in n.split(".") for h in head)
+    ]
+    head_params = [p for n, p in model.named_parameters() if any(h in n.split(".") for h in head)]
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": encoder_params, "lr": config.learning_rate},
+            {"params": head_params, "lr": config.head_learning_rate},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    warmup = max(1, round(config.warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    return optimiser, schedule
 
 
 def train_ranker(
@@ -362,8 +788,19 @@ def train_ranker(
     val_lists: Sequence[TrainingList],
     products: Mapping[str, Product],
     config: RankerTrainConfig,
+    *,
+    holdout_lists: Sequence[TrainingList] = (),
 ) -> RankerTrainingReport:
     """Fine-tune ``ranker`` in place, keep the best epoch, fit its temperature.
+
+    Args:
+        ranker: The ranker to train (usually fresh from :meth:`CrossEncoderRanker.from_base`).
+        train_lists: Lists to learn from.
+        val_lists: Lists of other users: early stopping and the temperature fit.
+        products: The catalogue.
+        config: How to train.
+        holdout_lists: Lists of yet other users, used for nothing but the report (NDCG
+            before/after, calibration error before/after the temperature).
 
     Raises:
         CatalogError: when either list set is empty or the lists disagree in size.
@@ -375,40 +812,51 @@ def train_ranker(
             f"training needs train and validation lists, got {len(train_lists)} and "
             f"{len(val_lists)}; use more interactions (or an earlier --before cutoff)."
         )
-    size = _check_lists([*train_lists, *val_lists], products)
+    size = _check_lists([*train_lists, *val_lists, *holdout_lists], products)
     start = time.perf_counter()
     deadline = None if config.max_minutes is None else start + 60.0 * config.max_minutes
-    tokens = _Tokens(ranker, [*train_lists, *val_lists], products)
+    tokens = _Tokens(ranker, [*train_lists, *val_lists, *holdout_lists], products)
     val_pos = _positives(val_lists)
+    hold_pos = _positives(holdout_lists)
     model = ranker.torch_model
+    k = config.ndcg_k
 
-    def validate() -> tuple[float, FloatArray]:
-        s = list_scores(
-            ranker, val_lists, products, batch_lists=config.batch_lists * 2, tokens=tokens
+    def scores_of(lists: Sequence[TrainingList]) -> FloatArray:
+        if not lists:
+            return np.zeros((0, size))
+        return list_scores(
+            ranker, lists, products, batch_lists=config.batch_lists * 2, tokens=tokens
         )
-        return ndcg_at_k(s, val_pos, config.ndcg_k), s
 
-    ndcg_before, _ = validate()
+    def ndcg_or_nan(scores: FloatArray | None, positives: IntArray) -> float:
+        return math.nan if scores is None or not len(positives) else ndcg_at_k(scores, positives, k)
+
+    ndcg_before = ndcg_at_k(scores_of(val_lists), val_pos, k)
+    holdout_before = ndcg_or_nan(scores_of(holdout_lists), hold_pos)
+    # No epoch better than the model as it came: keep it as it came (before open_cls).
     best_ndcg = ndcg_before
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
+    if config.open_cls and not open_cls(model):
+        logger.warning("open_cls: the model has no BERT-style last layer; left as it is")
     best_epoch = 0
     history: list[EpochRecord] = []
     stop_reason = "epochs"
     stale = 0
+    steps = 0
     rng = np.random.default_rng(config.seed)
+    per_epoch = math.ceil(len(train_lists) / config.batch_lists)
     logger.info(
-        "training ranker: %d train / %d val lists of %d, val NDCG@%d before %.4f",
+        "training ranker: %d train / %d val / %d holdout lists of %d, val NDCG@%d before %.4f",
         len(train_lists),
         len(val_lists),
+        len(holdout_lists),
         size,
-        config.ndcg_k,
+        k,
         ndcg_before,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        optimiser = torch.optim.AdamW(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
+        optimiser, schedule = _optimiser(model, config, per_epoch * config.epochs)
         out_of_time = False
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
@@ -424,25 +872,28 @@ def train_ranker(
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimiser.step()
+                schedule.step()
+                steps += 1
                 losses.append(float(loss.detach()))
                 if deadline is not None and time.perf_counter() > deadline:
                     out_of_time = True
                     break
             model.eval()
-            val_ndcg, _ = validate()
+            val_ndcg = ndcg_at_k(scores_of(val_lists), val_pos, k)
             record = EpochRecord(epoch, float(np.mean(losses)), val_ndcg, time.perf_counter() - t0)
             history.append(record)
             logger.info(
-                "epoch %d: loss %.4f, val NDCG@%d %.4f (%.1fs)",
+                "epoch %d: loss %.4f (chance %.4f), val NDCG@%d %.4f (%.1fs)",
                 epoch,
                 record.train_loss,
-                config.ndcg_k,
+                math.log(size),
+                k,
                 val_ndcg,
                 record.seconds,
             )
             if val_ndcg > best_ndcg:
                 best_ndcg, best_epoch, stale = val_ndcg, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
             else:
                 stale += 1
             if out_of_time:
@@ -453,42 +904,165 @@ def train_ranker(
                 break
     model.load_state_dict(best_state)
     model.eval()
-    ndcg_after, scores = validate()
-    nll_before = list_nll(scores, val_pos, 1.0)
-    ece_before = expected_calibration_error(softmax(scores, 1.0), val_pos, config.ece_bins)
-    temperature = fit_temperature(scores, val_pos)
+    val_scores = scores_of(val_lists)
+    ndcg_after = ndcg_at_k(val_scores, val_pos, k)
+    temperature = fit_temperature(val_scores, val_pos)
     ranker.temperature = temperature
+    hold_scores = scores_of(holdout_lists) if holdout_lists else None
+    calib_scores, calib_pos = (
+        (hold_scores, hold_pos) if hold_scores is not None else (val_scores, val_pos)
+    )
+    where = (
+        "holdout lists (T fitted on the validation lists)"
+        if holdout_lists
+        else ("validation lists (the ones T was fitted on)")
+    )
+    val_retrieval = _retrieval_matrix(val_lists)
+    hold_retrieval = _retrieval_matrix(holdout_lists)
     report = RankerTrainingReport(
         n_train_lists=len(train_lists),
         n_val_lists=len(val_lists),
         list_size=size,
-        ndcg_k=config.ndcg_k,
+        ndcg_k=k,
         ndcg_before=ndcg_before,
         ndcg_after=ndcg_after,
         best_epoch=best_epoch,
         epochs_run=len(history),
         stop_reason=stop_reason,
         temperature=temperature,
-        nll_before_temperature=nll_before,
-        nll_after_temperature=list_nll(scores, val_pos, temperature),
-        ece_before_temperature=ece_before,
-        ece_after_temperature=expected_calibration_error(
-            softmax(scores, temperature), val_pos, config.ece_bins
+        nll_before_temperature=list_nll(calib_scores, calib_pos, 1.0),
+        nll_after_temperature=list_nll(calib_scores, calib_pos, temperature),
+        ece_before_temperature=expected_calibration_error(
+            softmax(calib_scores, 1.0), calib_pos, config.ece_bins
         ),
-        ece_kind=f"top-1, {config.ece_bins} equal-width bins, validation lists",
+        ece_after_temperature=expected_calibration_error(
+            softmax(calib_scores, temperature), calib_pos, config.ece_bins
+        ),
+        ece_kind=f"top-1, {config.ece_bins} equal-width bins, {where}",
         seconds=time.perf_counter() - start,
         history=tuple(history),
+        steps=steps,
+        ndcg_retrieval=ndcg_or_nan(val_retrieval, val_pos),
+        n_holdout_lists=len(holdout_lists),
+        holdout_ndcg_before=holdout_before,
+        holdout_ndcg_after=ndcg_or_nan(hold_scores, hold_pos),
+        holdout_ndcg_retrieval=ndcg_or_nan(hold_retrieval, hold_pos),
     )
     logger.info(
-        "ranker: val NDCG@%d %.4f -> %.4f; T=%.3f; ECE %.4f -> %.4f",
-        config.ndcg_k,
+        "ranker: val NDCG@%d %.4f -> %.4f (retrieval order %.4f); holdout %.4f -> %.4f "
+        "(retrieval %.4f); T=%.3f; ECE %.4f -> %.4f",
+        k,
         ndcg_before,
         ndcg_after,
+        report.ndcg_retrieval,
+        report.holdout_ndcg_before,
+        report.holdout_ndcg_after,
+        report.holdout_ndcg_retrieval,
         temperature,
         report.ece_before_temperature,
         report.ece_after_temperature,
     )
     return report
+
+
+# -- blend on re-rank lists -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RerankReport:
+    """The blend fitted on validation users' re-rank lists, checked on holdout users'.
+
+    NDCG@k on the holdout re-rank lists orders the same candidates (the retrieval top-N)
+    by the retrieval score, the ranker alone, and the blend. :func:`fit_cold_start_ranker`
+    passes only lists whose top-N holds at least one of the user's items, so these NDCGs
+    are conditional on retrieval having found something (higher than the evaluation's).
+    """
+
+    blend: Blend
+    k: int
+    n_fit_lists: int
+    n_holdout_lists: int
+    ndcg_retrieval: float
+    ndcg_ranker: float
+    ndcg_blend: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blend": self.blend.to_dict(),
+            "k": self.k,
+            "n_fit_lists": self.n_fit_lists,
+            "n_holdout_lists": self.n_holdout_lists,
+            "ndcg_retrieval": self.ndcg_retrieval,
+            "ndcg_ranker": self.ndcg_ranker,
+            "ndcg_blend": self.ndcg_blend,
+        }
+
+
+def _blend_lists(
+    lists: Sequence[RerankList], ranker_scores: Sequence[FloatArray], features: Sequence[str]
+) -> list[BlendList]:
+    out = []
+    for lst, scores in zip(lists, ranker_scores, strict=True):
+        columns = {"ranker": scores, **{k: np.asarray(v) for k, v in lst.features.items()}}
+        out.append(
+            BlendList(candidate_features(columns, features), np.asarray(lst.relevant, dtype=bool))
+        )
+    return out
+
+
+def fit_rerank_blend(
+    ranker: PairRanker,
+    fit_lists: Sequence[RerankList],
+    holdout_lists: Sequence[RerankList],
+    products: Mapping[str, Product],
+    features: Sequence[str],
+    *,
+    k: int = 20,
+    l2: float = 20.0,
+) -> RerankReport:
+    """Fit the blend on ``fit_lists`` (validation users) and check it on ``holdout_lists``.
+
+    The blend is shrunk towards retrieval alone (:data:`BLEND_PRIOR`) with a strength worth
+    ``l2`` lists.
+
+    Raises:
+        ConfigError: when no fitting list holds one of the user's products (see
+            :func:`~.blend.fit_blend`).
+    """
+    fit_scores = _rerank_scores(ranker, fit_lists, products)
+    blend = fit_blend(
+        _blend_lists(fit_lists, fit_scores, features),
+        features,
+        l2=l2,
+        prior=[BLEND_PRIOR.get(f, 0.0) for f in features],
+        fitted_on=f"{len(fit_lists)} re-rank lists of validation users",
+    )
+    hold_scores = _rerank_scores(ranker, holdout_lists, products)
+    hold_blend = [
+        blend.score(b.features) for b in _blend_lists(holdout_lists, hold_scores, features)
+    ]
+    retrieval = [np.asarray(lst.features["retrieval"]) for lst in holdout_lists]
+    report = RerankReport(
+        blend=blend,
+        k=k,
+        n_fit_lists=len(fit_lists),
+        n_holdout_lists=len(holdout_lists),
+        ndcg_retrieval=rerank_ndcg(retrieval, holdout_lists, k),
+        ndcg_ranker=rerank_ndcg(hold_scores, holdout_lists, k),
+        ndcg_blend=rerank_ndcg(hold_blend, holdout_lists, k),
+    )
+    logger.info(
+        "blend %s; holdout re-rank NDCG@%d: retrieval %.4f, ranker %.4f, blend %.4f",
+        {f: round(w, 3) for f, w in blend.weight.items()},
+        k,
+        report.ndcg_retrieval,
+        report.ndcg_ranker,
+        report.ndcg_blend,
+    )
+    return report
+
+
+# -- end to end ---------------------------------------------------------------------
 
 
 def fit_ranker(
@@ -498,7 +1072,7 @@ def fit_ranker(
     config: RankerConfig,
     train_config: RankerTrainConfig,
 ) -> tuple[CrossEncoderRanker, RankerTrainingReport]:
-    """Build lists from ``events``, split by user, fine-tune a new ranker, calibrate it.
+    """Index replay: build lists from ``events``, split by user, fine-tune, calibrate.
 
     Args:
         events: Interactions before the cutoff (the caller filters them).
@@ -517,3 +1091,77 @@ def fit_ranker(
     ranker = CrossEncoderRanker.from_base(config, device=train_config.device)
     report = train_ranker(ranker, train, val, products, train_config)
     return ranker, report
+
+
+def fit_cold_start_ranker(
+    events: Sequence[Interaction],
+    products: Mapping[str, Product],
+    vectors: Mapping[str, ProductVectors],
+    cutoff: str | datetime,
+    config: RankerConfig,
+    train_config: RankerTrainConfig,
+    lists_config: ColdStartListConfig,
+    *,
+    blend_k: int = 20,
+) -> tuple[CrossEncoderRanker, RankerTrainingReport, RerankReport | None, ColdStartLists]:
+    """Cold-start windows end to end: lists, three-way user split, training, blend.
+
+    Users are split into train (``1 - val_fraction``), validation (early stopping, the
+    temperature, the blend) and holdout (half of the held-out users: the report only).
+
+    Returns:
+        The trained ranker, its training report, the blend report (``None`` when no
+        validation re-rank list held one of the user's products), and the lists.
+    """
+    built = build_cold_start_lists(
+        events,
+        products,
+        vectors,
+        cutoff,
+        train_config,
+        lists_config,
+        max_context_items=config.max_context_items,
+    )
+    train, val, holdout = split_three_ways(built.lists, train_config)
+    ranker = CrossEncoderRanker.from_base(config, device=train_config.device)
+    report = train_ranker(ranker, train, val, products, train_config, holdout_lists=holdout)
+    try:
+        blend = blend_for_ranker(ranker, built, products, train_config, k=blend_k)
+    except ConfigError as exc:
+        logger.warning("no blend: %s", exc)
+        blend = None
+    return ranker, report, blend, built
+
+
+def split_three_ways(
+    lists: Sequence[TrainingList], config: RankerTrainConfig
+) -> tuple[list[TrainingList], list[TrainingList], list[TrainingList]]:
+    """Train, validation and holdout lists by user: ``val_fraction`` of the users are held
+    out and split in half (the seeds make it the same split every time)."""
+    train, held = split_by_user(lists, config.val_fraction, config.seed)
+    val, holdout = split_by_user(held, 0.5, config.seed + 1)
+    return train, val, holdout
+
+
+def blend_for_ranker(
+    ranker: PairRanker,
+    built: ColdStartLists,
+    products: Mapping[str, Product],
+    config: RankerTrainConfig,
+    *,
+    k: int = 20,
+    l2: float = 20.0,
+) -> RerankReport:
+    """Fit a blend for ``ranker`` (any :class:`~.base.PairRanker`: the trained cross-encoder
+    or a distilled student) on the validation users' re-rank lists of ``built``, checked on
+    the holdout users' (the same user split as :func:`fit_cold_start_ranker`)."""
+    _, val, holdout = split_three_ways(built.lists, config)
+    val_users = {lst.user_id for lst in val}
+    hold_users = {lst.user_id for lst in holdout}
+    # Only lists where retrieval found one of the user's items: the others teach the blend
+    # nothing and score 0 under every order (and scoring 50-100 pairs each is not free).
+    found = [r for r in built.rerank if any(r.relevant)]
+    fit_lists = [r for r in found if r.user_id in val_users]
+    hold_lists = [r for r in found if r.user_id in hold_users]
+    features = tuple(f for f in BLEND_FEATURES if f == "ranker" or f in built.features)
+    return fit_rerank_blend(ranker, fit_lists, hold_lists, products, features, k=k, l2=l2)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from newarrivals.indexer import NewArrivalsError
 from newarrivals.indexer.ann import AnnConfig
@@ -30,6 +31,15 @@ from newarrivals.indexer.synth import SynthConfig, generate, write_synthetic
 from newarrivals.indexer.users import UserVectors
 from newarrivals.indexer.version import IndexVersion
 from newarrivals.service.demo import DemoConfig, run_demo
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from newarrivals.indexer.evaluation import EvaluationReport, ProductVectors
+    from newarrivals.indexer.schema import Interaction
+    from newarrivals.ranker import RankerTrainConfig
+    from newarrivals.ranker.evaluation import TwoStageRun
+    from newarrivals.ranker.trainer import ColdStartListConfig
 
 __all__ = ["main"]
 
@@ -250,11 +260,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="synthetic catalogue -> index -> recommendations")
+    p = sub.add_parser(
+        "demo",
+        help="first run: catalogue -> image tower -> index -> ranker -> evaluation -> API + page",
+    )
     p.add_argument("--workdir", type=Path, default=DemoConfig.workdir)
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a catalogue (generic schema or H&M layout) instead of the synthetic one",
+    )
+    p.add_argument("--cutoff", default=None, help="first day of the new arrivals (ISO date)")
     p.add_argument("--products", type=int, default=DemoConfig.products)
     p.add_argument("--users", type=int, default=DemoConfig.users)
     p.add_argument("--seed", type=int, default=DemoConfig.seed)
+    p.add_argument("--tower-minutes", type=float, default=DemoConfig.tower_minutes)
+    p.add_argument("--ranker-minutes", type=float, default=DemoConfig.ranker_minutes)
+    p.add_argument("--user-tower-minutes", type=float, default=DemoConfig.user_tower_minutes)
+    p.add_argument("--eval-seeds", type=int, default=DemoConfig.eval_seeds)
+    p.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
+    p.add_argument("--host", default=DemoConfig.host)
+    p.add_argument("--port", type=int, default=DemoConfig.port)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_demo)
 
@@ -263,9 +290,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_demo(
         DemoConfig(
             workdir=args.workdir,
+            data=args.data,
+            cutoff=args.cutoff,
             products=args.products,
             users=args.users,
             seed=args.seed,
+            tower_minutes=args.tower_minutes,
+            ranker_minutes=args.ranker_minutes,
+            user_tower_minutes=args.user_tower_minutes,
+            eval_seeds=args.eval_seeds,
+            serve=not args.no_serve,
+            host=args.host,
+            port=args.port,
             device=args.device,
         )
     )
@@ -317,6 +353,23 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true")
+    r = p.add_argument_group("two-stage re-ranking (retrieve the top N, re-rank with a ranker)")
+    r.add_argument(
+        "--ranker", type=Path, default=None, help="ranker artifact (train- or distill-ranker)"
+    )
+    r.add_argument("--rerank-n", default="50,100", help="re-ranking depths, comma-separated")
+    r.add_argument(
+        "--rerank-retrieval",
+        default="fused-late/max",
+        help="first stage: fused-late/max (default; needs --image-tower), text/max, ...",
+    )
+    r.add_argument(
+        "--rerank-users", type=int, default=None, help="re-rank a seeded sample of test users"
+    )
+    r.add_argument("--mmr-lambda", type=float, default=0.7, help="relevance weight of MMR rows")
+    r.add_argument("--no-mmr", action="store_true", help="no MMR rows")
+    r.add_argument("--no-blend", action="store_true", help="ignore the ranker's blend.json")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -328,6 +381,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     text = None
     if not args.no_text:
         text = TextEncoderConfig(model=args.text_model) if args.text_model else TextEncoderConfig()
+    run = _two_stage_run(args) if args.ranker is not None else None
     report = evaluate(
         EvaluateConfig(
             data=args.data,
@@ -345,10 +399,66 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             device=args.device,
             progress=not args.no_progress,
-        )
+        ),
+        extra_methods=run.methods() if run is not None else (),
     )
     print(report.format_table())
+    if run is not None:
+        _print_rerank(report, run, args.reports)
     return 0
+
+
+def _two_stage_run(args: argparse.Namespace) -> TwoStageRun:
+    """The two-stage rows of ``evaluate --ranker``."""
+    from newarrivals.indexer.device import resolve_device
+    from newarrivals.ranker import configure_threads, load_ranker
+    from newarrivals.ranker.blend import Blend
+    from newarrivals.ranker.evaluation import RankerLike, TwoStageConfig, TwoStageRun
+
+    try:
+        depths = tuple(int(d) for d in str(args.rerank_n).split(",") if d.strip())
+    except ValueError:
+        raise NewArrivalsError(
+            f"--rerank-n must be comma-separated integers like 50,100, got {args.rerank_n!r}."
+        ) from None
+    config = TwoStageConfig(
+        retrieval=args.rerank_retrieval,
+        depths=depths,
+        mmr_lambda=None if args.no_mmr else args.mmr_lambda,
+        max_users=args.rerank_users,
+        seed=args.seed,
+    )
+    configure_threads(args.threads)
+    ranker = load_ranker(args.ranker, device=resolve_device(args.device))
+    if not isinstance(ranker, RankerLike):
+        raise NewArrivalsError(
+            f"the ranker in {args.ranker} has no score(context, texts); pass a ranker artifact "
+            "written by train-ranker or distill-ranker."
+        )
+    blend = None if args.no_blend else Blend.load(args.ranker)
+    return TwoStageRun(ranker, config, blend=blend, label=args.ranker.name or "ranker")
+
+
+def _print_rerank(report: EvaluationReport, run: TwoStageRun, reports: Path) -> None:
+    """Paired margins of the two-stage rows over retrieval alone, and diversity; saved as
+    ``rerank-<dataset>.json`` next to the evaluation report."""
+    from newarrivals.ranker.evaluation import rerank_margins
+
+    margins = rerank_margins(report.results, run)
+    print(f"\ntwo-stage vs {run.reference_name}, paired over {run.user_mask.sum()} users:")
+    for m in margins:
+        print(
+            f"  {m.method:<44} {m.metric:<10} {m.method_value:.4f} vs {m.reference_value:.4f}"
+            f"  margin {m.margin:+.4f} (s.e. {m.stderr:.4f})"
+        )
+    key = f"diversity@{run.config.diversity_k}"
+    for name, value in run.diversity.items():
+        print(f"  {key} {name:<44} {value:.4f}")
+    out = reports / f"rerank-{report.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"run": run.info(), "margins": [m.to_dict() for m in margins]}
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
 
 
 def _add_align(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -471,64 +581,422 @@ def _add_train_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "train-ranker",
         help="fine-tune the cross-encoder ranker on lists built from interactions and save it",
     )
-    p.add_argument("--index", type=Path, required=True, help="index root or version directory")
     p.add_argument("--catalog", type=Path, required=True, help="catalogue with the interactions")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    p.add_argument("--before", default=None, help="ISO date: train only on interactions before it")
+    p.add_argument(
+        "--lists",
+        choices=["cold-start", "replay"],
+        default="cold-start",
+        help="cold-start: pseudo cold-start windows before the cutoff, hard negatives from the "
+        "evaluation's retrieval over new products (default); replay: next purchases, hard "
+        "negatives from an index (--index)",
+    )
+    p.add_argument("--index", type=Path, default=None, help="index root or version (replay)")
+    p.add_argument(
+        "--before",
+        default=None,
+        help="ISO date: train only on interactions before it (cold-start default: the "
+        "dataset's evaluation cutoff, H&M 2020-06-22, synthetic its ground_truth.json)",
+    )
+    p.add_argument("--image-tower", type=Path, default=None, help="trained image tower folder")
+    p.add_argument("--text-model", default=None, help="text model (default: bundled MiniLM)")
+    p.add_argument(
+        "--retrieval",
+        default="fused-late/max",
+        help="first stage hard negatives come from (cold-start): fused-late/max (default), "
+        "text/max, image/max, fused-centred/mean, ...",
+    )
+    p.add_argument("--windows", type=int, default=4, help="pseudo cold-start windows")
+    p.add_argument("--window-days", type=float, default=91.0, help="days per window")
+    p.add_argument(
+        "--positive-events",
+        default=None,
+        help="events that make a positive, e.g. purchase,cart (default: the evaluation's)",
+    )
+    p.add_argument("--max-users", type=int, default=None, help="users per window (subsample)")
+    p.add_argument("--lists-per-user", type=int, default=10, help="lists per user (and window)")
+    p.add_argument("--hard", type=int, default=15, help="hard negatives per list")
+    p.add_argument("--random", type=int, default=4, help="random negatives per list")
+    p.add_argument(
+        "--candidates", type=int, default=50, help="retrieval depth hard negatives come from"
+    )
     p.add_argument(
         "--base-model",
         default=None,
         help="bundled MiniLM (default) or a local model directory",
     )
     p.add_argument("--layers", type=int, default=None, help="keep the first N encoder layers")
+    p.add_argument("--context-tokens", type=int, default=64)
+    p.add_argument("--candidate-tokens", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--minutes", type=float, default=None, help="training time limit")
+    p.add_argument("--batch-lists", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
+    p.add_argument("--head-lr", type=float, default=2e-3, help="head and pooler learning rate")
     p.add_argument(
-        "--candidates", type=int, default=50, help="retrieval depth hard negatives come from"
+        "--keep-cls", action="store_true", help="keep MiniLM's pretrained [CLS] attention"
     )
-    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out users (val+holdout)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (cold-start)")
+    p.add_argument(
+        "--blend-only",
+        action="store_true",
+        help="cold-start: train nothing; fit the blend for the ranker already in --out (e.g. a "
+        "distilled one) on the same validation users, and write OUT/blend.json",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train_ranker)
 
 
 def _cmd_train_ranker(args: argparse.Namespace) -> int:
     # Imported here: torch and transformers are slow to import and only this command trains.
-    from dataclasses import replace
-
     from newarrivals.indexer.device import resolve_device
+    from newarrivals.indexer.evaluation import EvaluateConfig, parse_events, resolve_profile
     from newarrivals.ranker import RankerConfig, RankerTrainConfig, fit_ranker
+    from newarrivals.ranker.evaluation import encode_product_vectors
+    from newarrivals.ranker.trainer import ColdStartListConfig, fit_cold_start_ranker
 
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    config = RankerConfig(num_layers=args.layers, seed=args.seed)
-    if args.base_model is not None:
-        config = replace(config, base_model=str(args.base_model))
+    config = RankerConfig(
+        base_model=str(args.base_model) if args.base_model else RankerConfig.base_model,
+        num_layers=args.layers,
+        context_tokens=args.context_tokens,
+        candidate_tokens=args.candidate_tokens,
+        seed=args.seed,
+    )
+    catalog = read_catalog(args.catalog)
+    products = {p.product_id: p for p in catalog.products}
+    device = resolve_device(args.device)
+    if args.lists == "replay":
+        if args.index is None:
+            raise NewArrivalsError("--lists replay needs --index (hard negatives come from it).")
+        before = _utc_day("--before", args.before)
+        events = catalog.interactions
+        if before is not None:
+            events = [e for e in events if e.timestamp < before]
+    else:
+        profile = resolve_profile(
+            EvaluateConfig(data=args.catalog, cutoff=args.before, text=None), catalog
+        )
+        cutoff = profile.cutoff
+        events = [e for e in catalog.interactions if e.timestamp < cutoff]
+    positives = (
+        parse_events(args.positive_events)
+        if args.positive_events
+        else (RankerTrainConfig.positive_events if args.lists == "replay" else profile.test_events)
+    )
     train_config = RankerTrainConfig(
         retrieval_candidates=args.candidates,
+        hard_negatives=args.hard,
+        random_negatives=args.random,
+        positive_events=positives,
+        max_lists_per_user=args.lists_per_user,
+        epochs=args.epochs,
+        max_minutes=args.minutes,
+        batch_lists=args.batch_lists,
+        learning_rate=args.lr,
+        head_learning_rate=args.head_lr,
+        open_cls=not args.keep_cls,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=device,
+    )
+    extra: dict[str, object] = {"train_config": train_config.to_dict()}
+    if args.lists == "replay":
+        version = IndexVersion.load(args.index)
+        ranker, report = fit_ranker(events, products, version.store, config, train_config)
+        extra["index"] = version.version
+        blend = None
+    else:
+        lists_config = ColdStartListConfig(
+            windows=args.windows,
+            window_days=args.window_days,
+            retrieval=args.retrieval,
+            max_users=args.max_users,
+        )
+        known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
+        vectors = encode_product_vectors(
+            known,
+            text=None
+            if args.text_model == "none"
+            else TextEncoderConfig(**({"model": args.text_model} if args.text_model else {})),
+            image_tower=args.image_tower,
+            cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
+            device=device,
+            progress=not args.no_progress,
+        )
+        if args.blend_only:
+            return _blend_only(args, events, products, vectors, cutoff, train_config, lists_config)
+        ranker, report, blend, built = fit_cold_start_ranker(
+            events, products, vectors, cutoff, config, train_config, lists_config
+        )
+        extra.update(
+            {
+                "lists": "cold-start",
+                "cutoff": cutoff.isoformat(),
+                "lists_config": lists_config.to_dict(),
+                "windows": built.windows,
+                "image_tower": str(args.image_tower) if args.image_tower else None,
+            }
+        )
+    summary = {k: v for k, v in report.to_dict().items() if k != "history"}
+    out = ranker.save(args.out, extra={**extra, **summary, "history": report.to_dict()["history"]})
+    result: dict[str, object] = {"artifact": str(out), **summary}
+    if blend is not None:
+        blend.blend.save(out)
+        result["blend"] = blend.to_dict()
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _blend_only(
+    args: argparse.Namespace,
+    events: Sequence[Interaction],
+    products: dict[str, Product],
+    vectors: Mapping[str, ProductVectors],
+    cutoff: datetime,
+    train_config: RankerTrainConfig,
+    lists_config: ColdStartListConfig,
+) -> int:
+    """``train-ranker --blend-only``: a blend for the ranker in ``--out``, nothing trained."""
+    from newarrivals.ranker import PairRanker, load_ranker
+    from newarrivals.ranker.trainer import blend_for_ranker, build_cold_start_lists
+
+    ranker = load_ranker(args.out, device=train_config.device)
+    if not isinstance(ranker, PairRanker):
+        raise NewArrivalsError(f"{args.out} holds no pair ranker to fit a blend for.")
+    built = build_cold_start_lists(
+        events,
+        products,
+        vectors,
+        cutoff,
+        train_config,
+        lists_config,
+        max_context_items=ranker.config.max_context_items,
+    )
+    blend = blend_for_ranker(ranker, built, products, train_config)
+    path = blend.blend.save(args.out)
+    print(json.dumps({"blend_file": str(path), **blend.to_dict()}, indent=2))
+    return 0
+
+
+def _add_distill_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "distill-ranker",
+        help="distil a trained ranker into a small fast student (optionally ONNX / int8)",
+    )
+    p.add_argument("--teacher", type=Path, required=True, help="ranker artifact to learn from")
+    p.add_argument("--catalog", type=Path, required=True, help="catalogue with the interactions")
+    p.add_argument("--out", type=Path, required=True, help="student artifact directory to write")
+    p.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        help="index root or version (teachers trained on replay lists)",
+    )
+    p.add_argument(
+        "--before",
+        default=None,
+        help="ISO date: use only interactions before it (default: the teacher's cutoff)",
+    )
+    p.add_argument(
+        "--image-tower",
+        type=Path,
+        default=None,
+        help="cold-start lists: trained image tower (default: the teacher's)",
+    )
+    p.add_argument("--text-model", default=None, help="cold-start lists: text model")
+    p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (cold-start)")
+    p.add_argument("--hidden", type=int, default=128, help="student hidden size")
+    p.add_argument("--layers", type=int, default=2, help="student encoder layers")
+    p.add_argument("--heads", type=int, default=2, help="student attention heads")
+    p.add_argument("--context-tokens", type=int, default=48)
+    p.add_argument("--candidate-tokens", type=int, default=24)
+    p.add_argument("--init", choices=["pca", "random"], default="pca")
+    p.add_argument(
+        "--architecture",
+        choices=["bert", "shared-context"],
+        default="bert",
+        help="shared-context encodes the user context once per request (about 3x faster)",
+    )
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--minutes", type=float, default=None, help="student training time limit")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-lists", type=int, default=16)
+    p.add_argument("--label-weight", type=float, default=0.2, help="CE on the true positive")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--onnx",
+        nargs="+",
+        choices=["fp32", "int8"],
+        default=None,
+        help="also export the student for ONNX Runtime into OUT/onnx (default precision: "
+        "int8 when exported)",
+    )
+    p.set_defaults(func=_cmd_distill_ranker)
+
+
+def _cmd_distill_ranker(args: argparse.Namespace) -> int:
+    # Imported here: torch and transformers are slow to import and only this command uses them.
+    from newarrivals.indexer.device import resolve_device
+    from newarrivals.ranker import (
+        CrossEncoderRanker,
+        DistillConfig,
+        RankerTrainConfig,
+        StudentConfig,
+        configure_threads,
+        export_onnx,
+        fit_student,
+    )
+    from newarrivals.ranker.distill import cold_start_lists, replay_lists
+    from newarrivals.ranker.evaluation import encode_product_vectors
+    from newarrivals.ranker.model import read_manifest
+    from newarrivals.ranker.trainer import ColdStartListConfig
+
+    configure_threads(args.threads)
+    device = resolve_device(args.device)
+    student_config = StudentConfig(
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        context_tokens=args.context_tokens,
+        candidate_tokens=args.candidate_tokens,
+        init=args.init,
+        architecture=args.architecture,
+        seed=args.seed,
+    )
+    distill_config = DistillConfig(
         epochs=args.epochs,
         max_minutes=args.minutes,
         learning_rate=args.lr,
+        batch_lists=args.batch_lists,
+        label_weight=args.label_weight,
         seed=args.seed,
-        device=resolve_device(args.device),
+        device=device,
     )
-    version = IndexVersion.load(args.index)
+    # The teacher's own list recipe and user split, so its held-out users stay held out.
+    training = read_manifest(args.teacher).get("training", {})
+    train_config = RankerTrainConfig.from_dict(
+        {**training.get("train_config", {}), "device": device}
+    )
+    teacher = CrossEncoderRanker.load(args.teacher, device=device)
     catalog = read_catalog(args.catalog)
-    events = catalog.interactions
-    before = _utc_day("--before", args.before)
-    if before is not None:
-        events = [e for e in events if e.timestamp < before]
     products = {p.product_id: p for p in catalog.products}
-    ranker, report = fit_ranker(events, products, version.store, config, train_config)
+    max_items = teacher.config.max_context_items
+    extra: dict[str, object] = {"teacher": str(args.teacher), "lists": "replay"}
+    if training.get("lists") == "cold-start":
+        cutoff = _utc_day("--before", args.before or str(training["cutoff"]))
+        if cutoff is None:
+            raise NewArrivalsError("the teacher records no cutoff; pass --before.")
+        tower = args.image_tower or training.get("image_tower")
+        known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
+        vectors = encode_product_vectors(
+            known,
+            text=TextEncoderConfig(**({"model": args.text_model} if args.text_model else {})),
+            image_tower=Path(tower) if tower else None,
+            cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
+            device=device,
+        )
+        lists_config = ColdStartListConfig(**training.get("lists_config", {}))
+        train, val, _ = cold_start_lists(
+            catalog.interactions,
+            products,
+            vectors,
+            cutoff,
+            train_config,
+            lists_config,
+            max_context_items=max_items,
+        )
+        extra.update({"lists": "cold-start", "cutoff": cutoff.isoformat()})
+    else:
+        if args.index is None:
+            raise NewArrivalsError(
+                "the teacher was trained on replay lists: pass --index (hard negatives come "
+                "from it)."
+            )
+        version = IndexVersion.load(args.index)
+        before = _utc_day("--before", args.before)
+        events = [e for e in catalog.interactions if before is None or e.timestamp < before]
+        train, val = replay_lists(
+            events, products, version.store, train_config, max_context_items=max_items
+        )
+        extra["index"] = version.version
+    student, report = fit_student(teacher, train, val, products, student_config, distill_config)
     summary = {k: v for k, v in report.to_dict().items() if k != "history"}
-    out = ranker.save(
-        args.out,
-        extra={"index": version.version, "train_config": train_config.to_dict(), **summary},
+    extra.update(
+        {
+            "teacher_architecture": teacher.architecture,
+            "student_config": student_config.to_dict(),
+            "distill_config": distill_config.to_dict(),
+            "train_config": train_config.to_dict(),
+            **summary,
+        }
     )
-    print(json.dumps({"artifact": str(out), "index": version.version, **summary}, indent=2))
+    out = student.save(args.out, extra=extra)
+    result: dict[str, object] = {"artifact": str(out), **summary}
+    if args.onnx:
+        result["onnx"] = str(export_onnx(student, out / "onnx", precisions=args.onnx, extra=extra))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP API over an index (FastAPI + uvicorn); every setting can also come from "
+        "a NEWARRIVALS_* variable (flags win)",
+    )
+    p.add_argument(
+        "--index", type=Path, default=None, help="index root or version (default demo/index)"
+    )
+    p.add_argument("--catalog", type=Path, default=None, help="default: the manifest's")
+    p.add_argument("--journal", type=Path, default=None, help="default <index>/journal.sqlite")
+    p.add_argument("--ranker", type=Path, default=None, help="ranker artifact (for rerank)")
+    p.add_argument(
+        "--api-key-file", type=Path, default=None, help="file with the write/admin API key"
+    )
+    p.add_argument(
+        "--read-only", action="store_const", const=True, default=None, help="no write routes"
+    )
+    p.add_argument("--device", default=None, help="encoders' and ranker's device (cpu)")
+    p.add_argument("--threads", type=int, default=None, help="encoder and ranker CPU threads")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # Imported here: the web stack is only needed by this command.
+    import uvicorn
+    from pydantic import ValidationError
+
+    from newarrivals.service.api import ServeSettings, create_app
+
+    flags = {
+        "index": args.index,
+        "catalog": args.catalog,
+        "journal": args.journal,
+        "ranker": args.ranker,
+        "api_key_file": args.api_key_file,
+        "read_only": args.read_only,
+        "device": args.device,
+        "threads": args.threads,
+    }
+    try:
+        settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise NewArrivalsError(f"invalid serve settings: {exc}") from None
+    app = create_app(settings)
+    # log_config=None: uvicorn's loggers go through the logging set up in main().
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return 0
 
 
@@ -547,6 +1015,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train_users(sub)
     _add_train_ranker(sub)
+    _add_distill_ranker(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -71,10 +71,13 @@ class EvalData:
     """What a method may look at: the split (train history, cold items) and the products.
 
     Nothing from the test period is here except which items are cold and who is tested.
+    ``vectors`` holds the product vectors the run encoded, by variant (``text``, ``image``),
+    for methods that build on them (e.g. a two-stage method that retrieves, then re-ranks).
     """
 
     split: ColdStartSplit
     products: Mapping[str, Product]
+    vectors: Mapping[str, ProductVectors] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:

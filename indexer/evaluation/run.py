@@ -404,7 +404,7 @@ def evaluate(
                 "rank them last"
             )
 
-    data = EvalData(split=split, products=products)
+    data = EvalData(split=split, products=products, vectors=vectors)
     truth = split.truth_indices()
     subset = np.array([u not in split.same_product_users for u in split.test_users])
     methods = _methods(config, profile, vectors, device, notes)

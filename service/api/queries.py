@@ -1,0 +1,339 @@
+"""What the read routes compute, over one :class:`ServingState`.
+
+Searches and vector reads happen under the state's shared lock; the ranker runs after it
+is released (on a snapshot of the candidates' metadata), so a slow re-rank never holds
+back a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
+from newarrivals.indexer.schema import EventType, Interaction, Product
+from newarrivals.indexer.store import Candidate, SearchFilter
+from newarrivals.indexer.users import UserVectors
+
+from .runtime import EncodedProduct, Runtime
+from .schemas import (
+    AudienceUserPublic,
+    ColdStartPublic,
+    FilterFields,
+    ReachPublic,
+    ReasonPublic,
+    RecommendationItemPublic,
+    RecommendationsPublic,
+    SessionRecommendationRequest,
+    SimilarItemPublic,
+    SimilarProductsPublic,
+    UserPublic,
+    UserRecommendationQuery,
+)
+from .state import ServingState
+
+__all__ = [
+    "RankerMissingError",
+    "cold_start",
+    "recommend_for_session",
+    "recommend_for_user",
+    "search_filter",
+    "similar",
+    "user_profile",
+]
+
+_SESSION_USER = "\x00session"
+
+
+class RankerMissingError(NewArrivalsError):
+    """Re-ranking was asked for but no ranker is loaded."""
+
+
+def search_filter(params: FilterFields, now: datetime, exclude: Iterable[str] = ()) -> SearchFilter:
+    return SearchFilter(
+        category=params.category,
+        min_price=params.min_price,
+        max_price=params.max_price,
+        launched_after=params.launch_cutoff(now),
+        available_only=params.available_only,
+        exclude_ids=frozenset(params.exclude).union(exclude),
+    )
+
+
+@dataclass(frozen=True)
+class _Retrieved:
+    """Candidates and everything needed to answer, copied out of the locked state."""
+
+    candidates: list[Candidate]
+    products: dict[str, Product]
+    reasons: dict[str, ReasonPublic]
+    context: list[Product]
+    index_version: str
+
+
+def _reasons(
+    state: ServingState, candidates: Sequence[Candidate], recent: Sequence[str]
+) -> dict[str, ReasonPublic]:
+    """For each candidate, the recent product it is closest to (read lock held)."""
+    live = [p for p in recent if p in state.store]
+    if not candidates or not live:
+        return {}
+    cand = state.store.vectors_for([c.product_id for c in candidates])
+    ctx = state.store.vectors_for(live)
+    sims = cand @ ctx.T
+    best = sims.argmax(axis=1)
+    out: dict[str, ReasonPublic] = {}
+    for i, (c, j) in enumerate(zip(candidates, best.tolist(), strict=True)):
+        pid = live[j]
+        product = state.products.get(pid)
+        title = product.title if product is not None and product.title else pid
+        sim = float(sims[i, j])
+        out[c.product_id] = ReasonPublic(
+            closest_recent_product_id=pid,
+            closest_recent_title=title,
+            similarity=sim,
+            text=f"closest to {title!r}, which you recently looked at (similarity {sim:.2f})",
+        )
+    return out
+
+
+def _retrieve(
+    state: ServingState,
+    query: np.ndarray,
+    depth: int,
+    flt: SearchFilter,
+    recent: Sequence[str],
+) -> _Retrieved:
+    """Search, then copy out metadata and reasons (read lock held by the caller)."""
+    candidates = state.store.search(query[None, :].astype(np.float32), depth, flt)[0]
+    products = {c.product_id: state.products[c.product_id] for c in candidates}
+    context = [state.products[p] for p in recent if p in state.products]
+    return _Retrieved(
+        candidates=candidates,
+        products=products,
+        reasons=_reasons(state, candidates, recent),
+        context=context,
+        index_version=state.version.version,
+    )
+
+
+def _items(
+    runtime: Runtime, got: _Retrieved, k: int, rerank: bool
+) -> list[RecommendationItemPublic]:
+    """Re-rank (outside the state lock) and shape the top ``k``."""
+    probability: dict[str, float] = {}
+    ordered = got.candidates
+    if rerank and got.candidates:
+        ranker = runtime.ranker
+        if ranker is None:  # checked earlier; kept for the type checker
+            raise RankerMissingError("no ranker is loaded.")
+        with runtime.ranking():
+            context = ranker.encode_context(got.context)
+            ranked = ranker.rank(context, got.candidates, got.products)
+        by_id = {c.product_id: c for c in got.candidates}
+        ordered = [by_id[r.product_id] for r in ranked]
+        probability = {r.product_id: r.probability for r in ranked}
+    items = []
+    for c in ordered[:k]:
+        p = got.products[c.product_id]
+        items.append(
+            RecommendationItemPublic(
+                product_id=c.product_id,
+                title=p.title,
+                category=p.category_path,
+                price=p.price,
+                launched_at=p.launched_at,
+                retrieval_score=c.score,
+                ranker_probability=probability.get(c.product_id),
+                reason=got.reasons.get(c.product_id),
+            )
+        )
+    return items
+
+
+def _require_ranker(runtime: Runtime, rerank: bool) -> None:
+    if rerank and runtime.ranker is None:
+        raise RankerMissingError(
+            "re-ranking was requested but no ranker is loaded; start the service with "
+            "NEWARRIVALS_RANKER=DIR (or `newarrivals serve --ranker DIR`), or send rerank=false."
+        )
+
+
+def _depth(runtime: Runtime, k: int, rerank: bool) -> int:
+    return max(k, runtime.settings.rerank_depth) if rerank else k
+
+
+def recommend_for_user(
+    runtime: Runtime,
+    state: ServingState,
+    user_id: str,
+    params: UserRecommendationQuery,
+    now: datetime,
+) -> RecommendationsPublic:
+    """Top products for a known user; an unknown one gets the flagged cold-user fallback."""
+    _require_ranker(runtime, params.rerank)
+    depth = _depth(runtime, params.k, params.rerank)
+    with state.lock.read():
+        vector = state.users.vector(user_id)
+        st = state.users.state(user_id)
+        bought = st.purchased if st is not None and not params.include_purchased else set()
+        flt = search_filter(params, now, bought)
+        fallback = vector is None
+        query = state.fallback.vector if vector is None else vector
+        recent = list(st.recent) if st is not None else []
+        got = _retrieve(state, query, depth, flt, recent)
+    return RecommendationsPublic(
+        user_id=user_id,
+        fallback=fallback,
+        fallback_reason=f"cold user: {state.fallback.rule}" if fallback else None,
+        reranked=params.rerank,
+        index_version=got.index_version,
+        items=_items(runtime, got, params.k, params.rerank),
+    )
+
+
+def recommend_for_session(
+    runtime: Runtime,
+    state: ServingState,
+    body: SessionRecommendationRequest,
+    now: datetime,
+) -> RecommendationsPublic:
+    """Top products for an anonymous session (its products or events, newest first)."""
+    _require_ranker(runtime, body.rerank)
+    depth = _depth(runtime, body.k, body.rerank)
+    # Untimed entries are spaced a second apart, newest first, so their order counts.
+    events = [
+        (e.product_id, e.event, e.timestamp or now - timedelta(seconds=i))
+        for i, e in enumerate(body.events)
+    ]
+    offset = len(events)
+    events += [
+        (pid, EventType.VIEW, now - timedelta(seconds=offset + i))
+        for i, pid in enumerate(body.product_ids)
+    ]
+    with state.lock.read():
+        known = [e for e in events if e[0] in state.store]
+        ignored = sorted({e[0] for e in events if e[0] not in state.store})
+        session = UserVectors(state.store, state.users.config, recent_limit=len(known) or 1)
+        session.update_many(Interaction(_SESSION_USER, p, ev, ts) for p, ev, ts in known)
+        vector = session.vector(_SESSION_USER)
+        st = session.state(_SESSION_USER)
+        skip: set[str] = set()
+        if st is not None and not body.include_purchased:
+            skip |= st.purchased
+        if body.exclude_seen:
+            skip |= {p for p, _, _ in known}
+        flt = search_filter(body, now, skip)
+        query = state.fallback.vector if vector is None else vector
+        recent = list(st.recent) if st is not None else []
+        got = _retrieve(state, query, depth, flt, recent)
+    return RecommendationsPublic(
+        user_id=None,
+        fallback=vector is None,
+        fallback_reason=f"empty session: {state.fallback.rule}" if vector is None else None,
+        reranked=body.rerank,
+        index_version=got.index_version,
+        items=_items(runtime, got, body.k, body.rerank),
+        ignored_product_ids=ignored,
+    )
+
+
+def similar(
+    state: ServingState, product_id: str, params: FilterFields, now: datetime
+) -> SimilarProductsPublic:
+    """Products nearest a product (itself excluded).
+
+    Raises:
+        UnknownProductError: naming the id.
+    """
+    with state.lock.read():
+        if product_id not in state.store:
+            raise UnknownProductError(f"product {product_id!r} is not in the index.")
+        flt = search_filter(params, now, {product_id})
+        query = state.store.vector(product_id)[None, :]
+        candidates = state.store.search(query, params.k, flt)[0]
+        items = [_similar_item(state, c) for c in candidates]
+        version = state.version.version
+    return SimilarProductsPublic(product_id=product_id, index_version=version, items=items)
+
+
+def _similar_item(state: ServingState, c: Candidate) -> SimilarItemPublic:
+    p = state.products[c.product_id]
+    return SimilarItemPublic(
+        product_id=c.product_id, title=p.title, category=p.category_path, score=c.score
+    )
+
+
+def cold_start(
+    runtime: Runtime,
+    state: ServingState,
+    encoded: EncodedProduct,
+    *,
+    nearest_k: int,
+    audience_size: int,
+    reach_k: int,
+) -> ColdStartPublic:
+    """Nearest catalogue products, likeliest users and reach of a new product vector."""
+    s = runtime.settings
+    vector = encoded.vector
+    with state.lock.read():
+        nearest = state.store.search(vector[None, :].astype(np.float32), nearest_k)[0]
+        items = [_similar_item(state, c) for c in nearest]
+        result = state.audience.score(
+            vector,
+            k=reach_k,
+            temperature=s.audience_temperature,
+            top=audience_size,
+            store=state.store,
+            purchased=state.purchased,
+        )
+        version = state.version.version
+    considered = result.users_considered
+    return ColdStartPublic(
+        index_version=version,
+        encoded_from_text=encoded.from_text,
+        encoded_from_photo=encoded.from_photo,
+        nearest_products=items,
+        audience=[
+            AudienceUserPublic(
+                user_id=u.user_id,
+                score=u.score,
+                probability=u.probability,
+                in_top_k=u.in_top_k,
+                rank_if_added=u.rank_if_added,
+            )
+            for u in result.users
+        ],
+        reach=ReachPublic(
+            k=result.k,
+            users_in_top_k=result.reach,
+            users_considered=considered,
+            share=result.reach / considered if considered else 0.0,
+            expected_picks=result.expected_picks,
+            temperature=result.temperature,
+        ),
+    )
+
+
+def user_profile(state: ServingState, user_id: str) -> UserPublic:
+    """What the service holds about a user (right of access)."""
+    with state.lock.read():
+        st = state.users.state(user_id)
+        if st is None:
+            return UserPublic(
+                user_id=user_id,
+                known=False,
+                events=0,
+                recent_product_ids=[],
+                purchased_product_ids=[],
+            )
+        return UserPublic(
+            user_id=user_id,
+            known=True,
+            events=st.n_events,
+            recent_product_ids=list(st.recent),
+            purchased_product_ids=sorted(st.purchased),
+        )

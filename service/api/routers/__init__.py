@@ -1,0 +1,7 @@
+"""One router per resource; :func:`newarrivals.service.api.app.create_app` mounts them."""
+
+from __future__ import annotations
+
+from . import admin, cold_start, events, health, products, recommendations, users
+
+__all__ = ["admin", "cold_start", "events", "health", "products", "recommendations", "users"]

@@ -1,0 +1,61 @@
+"""Recommendations for a known user and for an anonymous session."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from .. import queries
+from ..deps import ClockDep, RuntimeDep, SettingsDep, StateDep, check_limit
+from ..schemas import RecommendationsPublic, SessionRecommendationRequest, UserRecommendationQuery
+from ._responses import errors
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["recommendations"])
+
+UserId = Annotated[str, Path(min_length=1, max_length=256, examples=["U00001"])]
+
+
+@router.get(
+    "/users/{user_id}/recommendations",
+    response_model=RecommendationsPublic,
+    responses=errors(401, 409, 503),
+    summary="Top products for a user",
+)
+def user_recommendations(
+    user_id: UserId,
+    params: Annotated[UserRecommendationQuery, Query()],
+    runtime: RuntimeDep,
+    state: StateDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> RecommendationsPublic:
+    """Products nearest the user's vector that pass the filters, best first, each with the
+    recent product it is closest to. Products the user bought are left out unless
+    ``include_purchased``. An unknown user gets the cold-user fallback (popular now),
+    flagged with ``"fallback": true``. With ``rerank`` the ranker re-scores the top
+    ``rerank_depth`` candidates and each item carries its probability."""
+    check_limit(("query", "k"), params.k, settings.max_k, "NEWARRIVALS_MAX_K")
+    return queries.recommend_for_user(runtime, state, user_id, params, clock())
+
+
+@router.post(
+    "/sessions/recommendations",
+    response_model=RecommendationsPublic,
+    responses=errors(400, 401, 409, 413, 503),
+    summary="Top products for an anonymous session",
+)
+def session_recommendations(
+    body: SessionRecommendationRequest,
+    runtime: RuntimeDep,
+    state: StateDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> RecommendationsPublic:
+    """Like a user's recommendations, for a visitor who sends their recent product ids or
+    events (newest first). Ids that are not indexed are ignored and listed in
+    ``ignored_product_ids``; with none left the fallback answers."""
+    check_limit(("body", "k"), body.k, settings.max_k, "NEWARRIVALS_MAX_K")
+    return queries.recommend_for_session(runtime, state, body, clock())

@@ -1,0 +1,238 @@
+"""The two-stage evaluation method: retrieve the top N cold items, re-rank, MMR, margins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from newarrivals.indexer.encoders.text import TextEncoderConfig
+from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.evaluation import EvaluateConfig, evaluate
+from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
+from newarrivals.indexer.evaluation.metrics import MetricSpec
+from newarrivals.indexer.evaluation.protocol import split_catalog
+from newarrivals.indexer.schema import Catalog, EventType, Interaction, Product
+from newarrivals.ranker import CrossEncoderRanker, RankerConfig
+from newarrivals.ranker.blend import Blend
+from newarrivals.ranker.context import UserContext
+from newarrivals.ranker.evaluation import (
+    TwoStageConfig,
+    TwoStageRun,
+    recent_products,
+    rerank_margins,
+    retrieval_method,
+    top_candidates,
+)
+
+CUTOFF = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class WordRanker:
+    """A stand-in ranker: scores a candidate 1 when its text holds ``word``, else 0."""
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+        self.calls = 0
+
+    def encode_context(self, recent: Sequence[Product]) -> UserContext:
+        return UserContext(text="", token_ids=(), product_ids=tuple(p.product_id for p in recent))
+
+    def score(self, context: UserContext, candidate_texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        return np.array([float(self.word in t) for t in candidate_texts])
+
+
+def _data(n_users: int = 12, seed: int = 0) -> EvalData:
+    rng = np.random.default_rng(seed)
+    products = {}
+    for i in range(60):
+        colour = ("red", "blue")[i % 2]
+        products[f"old{i}"] = Product(f"old{i}", title=f"{colour} old thing {i}")
+        products[f"new{i}"] = Product(f"new{i}", title=f"{colour} new thing {i}")
+    events = []
+    for u in range(n_users):
+        for j in range(3):
+            when = CUTOFF - timedelta(days=10 - j)
+            pid = f"old{int(rng.integers(60))}"
+            events.append(Interaction(f"u{u}", pid, EventType.PURCHASE, when))
+        for j in range(2):
+            pid = f"new{int(rng.integers(60))}"
+            events.append(Interaction(f"u{u}", pid, EventType.PURCHASE, CUTOFF + timedelta(days=j)))
+    split = split_catalog(Catalog(list(products.values()), events), CUTOFF)
+    ids = sorted(products)
+    vectors = rng.normal(size=(len(ids), 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    pv = ProductVectors(ids, vectors, np.ones(len(ids), dtype=bool))
+    return EvalData(split=split, products=products, vectors={"text": pv})
+
+
+def _rank(scores: np.ndarray) -> list[list[int]]:
+    return [np.argsort(-row, kind="stable").tolist() for row in scores]
+
+
+def test_two_stage_rows_are_valid_rankings_that_only_reorder_the_head() -> None:
+    data = _data()
+    ranker = WordRanker("red")
+    run = TwoStageRun(
+        ranker, TwoStageConfig(retrieval="text/max", depths=(10, 20), mmr_lambda=None)
+    )
+    rows = run.methods()
+    assert [m.name for m in rows] == [
+        "retrieval alone (text/max)",
+        "two-stage N=10: ranker",
+        "two-stage N=20: ranker",
+    ]
+    retrieval = retrieval_method("text/max", data.vectors).score(data)
+    base = _rank(rows[0].score(data))
+    assert base == _rank(retrieval)
+    for method, depth in zip(rows[1:], (10, 20), strict=True):
+        scores = method.score(data)
+        assert scores.shape == (data.n_users, data.n_items)
+        assert np.isfinite(scores).all()
+        for u, order in enumerate(_rank(scores)):
+            assert sorted(order) == list(range(data.n_items))  # a permutation
+            head = order[:depth]
+            assert set(head) == set(base[u][:depth])  # the same candidates ...
+            assert order[depth:] == base[u][depth:]  # ... and the tail untouched
+            texts = [data.products[data.split.cold_ids[i]].title for i in head]
+            flags = ["red" in t for t in texts]
+            assert flags == sorted(flags, reverse=True)  # red first, as the ranker wants
+    # The ranker scored each user once, for the deepest list only.
+    assert ranker.calls == data.n_users
+
+
+def test_a_zero_ranker_weight_gives_the_retrieval_order() -> None:
+    data = _data()
+    blend = Blend(("ranker", "retrieval"), (0.0, 1.0))
+    run = TwoStageRun(
+        WordRanker("red"),
+        TwoStageConfig(retrieval="text/max", depths=(15,), mmr_lambda=None),
+        blend=blend,
+    )
+    reference, ranker_only, blended = run.methods()
+    assert blended.name == "two-stage N=15: ranker+blend"
+    assert _rank(blended.score(data)) == _rank(reference.score(data))
+    assert _rank(ranker_only.score(data)) != _rank(reference.score(data))
+
+
+def test_mmr_row_raises_diversity_and_margins_are_paired() -> None:
+    data = _data(n_users=20, seed=3)
+    run = TwoStageRun(
+        WordRanker("red"),
+        TwoStageConfig(retrieval="text/max", depths=(30,), mmr_lambda=0.3, diversity_k=10),
+        blend=Blend(("ranker", "retrieval"), (1.0, 1.0)),
+    )
+    names = [m.name for m in run.methods()]
+    assert names[-1] == "two-stage N=30: ranker+blend+MMR(0.3)"
+    for method in run.methods():
+        method.score(data)
+    diversity = run.diversity
+    assert diversity[names[-1]] > diversity[names[2]]  # MMR vs the same blend without it
+    assert run.info()["n_reranked_users"] == 20
+
+
+def test_user_sample_reranks_only_the_sampled_users() -> None:
+    data = _data(n_users=12)
+    ranker = WordRanker("blue")
+    run = TwoStageRun(
+        ranker,
+        TwoStageConfig(retrieval="text/max", depths=(10,), mmr_lambda=None, max_users=5, seed=1),
+    )
+    reference, reranked = run.methods()
+    a, b = _rank(reference.score(data)), _rank(reranked.score(data))
+    mask = run.user_mask
+    assert mask.sum() == 5 and ranker.calls == 5
+    assert all(a[u] == b[u] for u in np.flatnonzero(~mask))
+
+
+def test_two_stage_config_and_inputs_are_checked() -> None:
+    with pytest.raises(ConfigError, match="retrieval must be one of"):
+        TwoStageConfig(retrieval="bm25/max")
+    with pytest.raises(ConfigError, match="depths"):
+        TwoStageConfig(depths=())
+    with pytest.raises(ConfigError, match="mmr_lambda"):
+        TwoStageConfig(mmr_lambda=1.5)
+    with pytest.raises(ConfigError, match="image"):
+        retrieval_method("fused-late/max", _data().vectors)
+    with pytest.raises(ConfigError, match="unknown"):
+        TwoStageRun(WordRanker("x"), TwoStageConfig(), blend=Blend(("photo",), (1.0,)))
+    assert TwoStageConfig(depths=(100, 50, 50)).depths == (50, 100)
+    assert top_candidates([0.5, -np.inf, 0.9, 0.5], 3).tolist() == [2, 0, 3]
+
+
+def test_recent_products_are_newest_first_unique_and_with_text() -> None:
+    products = {
+        "a": Product("a", title="linen shirt"),
+        "b": Product("b"),  # no text at all: takes no context slot
+        "c": Product("c", title="wool coat"),
+    }
+    t = CUTOFF
+    history = [
+        Interaction("u", "a", EventType.VIEW, t),
+        Interaction("u", "c", EventType.VIEW, t + timedelta(hours=1)),
+        Interaction("u", "b", EventType.VIEW, t + timedelta(hours=2)),
+        Interaction("u", "a", EventType.PURCHASE, t + timedelta(hours=3)),
+        Interaction("u", "zzz", EventType.VIEW, t + timedelta(hours=4)),
+    ]
+    assert [p.product_id for p in recent_products(history, products, 5)] == ["a", "c"]
+    assert [p.product_id for p in recent_products(history, products, 1)] == ["a"]
+
+
+def test_evaluate_runs_the_two_stage_rows_with_a_real_ranker(
+    synth_dir: Path, tiny_text_model_dir: Path, tmp_path: Path
+) -> None:
+    ranker = CrossEncoderRanker.from_base(
+        RankerConfig(base_model=str(tiny_text_model_dir), context_tokens=24, candidate_tokens=12)
+    )
+    run = TwoStageRun(
+        ranker,
+        TwoStageConfig(retrieval="text/max", depths=(10,), mmr_lambda=0.7),
+        blend=Blend(("ranker", "retrieval"), (0.0, 1.0)),
+        label="tiny",
+    )
+    report = evaluate(
+        EvaluateConfig(
+            data=synth_dir,
+            text=TextEncoderConfig(model=str(tiny_text_model_dir)),
+            user_tower=False,
+            seeds=2,
+            spec=MetricSpec(ks=(10, 20)),
+            reports_dir=tmp_path,
+            cache_dir=tmp_path / "cache",
+            device="cpu",
+            progress=False,
+        ),
+        extra_methods=run.methods(),
+    )
+    names = [r.name for r in report.results]
+    assert "retrieval alone (text/max)" in names
+    assert "two-stage N=10: tiny+blend+MMR(0.7)" in names
+    by_name = {r.name: r for r in report.results}
+    # The blend with a zero ranker weight is the retrieval order: identical metrics.
+    assert by_name["two-stage N=10: tiny+blend"].metrics == pytest.approx(
+        by_name["retrieval alone (text/max)"].metrics
+    )
+    assert by_name["retrieval alone (text/max)"].metrics == pytest.approx(
+        by_name["text / max similarity"].metrics
+    )
+    margins = rerank_margins(report.results, run)
+    assert {m.metric for m in margins} == {"ndcg@20", "recall@20"}
+    blend_margin = next(
+        m for m in margins if m.method == "two-stage N=10: tiny+blend" and m.metric == "ndcg@20"
+    )
+    assert blend_margin.margin == pytest.approx(0.0) and blend_margin.stderr == pytest.approx(0.0)
+    assert blend_margin.n_users == len(report.results[0].per_user.values["ndcg@20"])
