@@ -8,7 +8,6 @@ import pytest
 
 from newarrivals.service.cli import main
 
-
 DEMO = [
     *("demo", "--products", "200", "--users", "40", "--device", "cpu", "--no-serve"),
     *("--tower-minutes", "0.05", "--ranker-minutes", "0.1", "--user-tower-minutes", "0.05"),

@@ -133,9 +133,7 @@ def test_both_views_render_in_a_real_browser(live_server: tuple[str, str]) -> No
             expect(page.locator("#pl-reach")).to_contain_text("Expected reach")
             assert page.locator("#pl-audience-table tbody tr").count() == 5
             # Without the key, "bought before" explains what is missing.
-            expect(page.locator("#pl-audience-table tbody tr td").nth(4)).to_contain_text(
-                "API key"
-            )
+            expect(page.locator("#pl-audience-table tbody tr td").nth(4)).to_contain_text("API key")
             page.screenshot(path=str(ARTIFACTS / "web-launch-planner.png"), full_page=True)
 
             # Shopper view: needs the key; pick the first user and see history + picks.
