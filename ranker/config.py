@@ -100,7 +100,8 @@ class RankerTrainConfig:
         max_lists_per_user: Keep a user's latest lists only (bounds heavy shoppers).
         val_fraction: Share of users whose lists are held out for validation.
         epochs: Passes over the training lists.
-        max_minutes: Wall-clock training limit; ``None`` for none.
+        max_minutes: Wall-clock training limit, from the first optimiser step (the
+            validation passes before it do not count); ``None`` for none.
         batch_lists: Lists per optimiser step.
         learning_rate: AdamW learning rate of the pretrained encoder.
         head_learning_rate: AdamW learning rate of the new scoring head and the pooler in

@@ -522,7 +522,7 @@ class TwoStageRun:
         )
         return self._scored
 
-    def order(
+    def _order(
         self,
         scored: _Scored,
         u: int,
@@ -608,7 +608,7 @@ class TwoStageMethod:
             row = np.full(n_items, -np.inf)
             row[full] = n_items - np.arange(len(full), dtype=np.float64)
             if self.depth is not None:
-                head = run.order(
+                head = run._order(
                     scored,
                     u,
                     self.depth,

@@ -814,7 +814,6 @@ def train_ranker(
         )
     size = _check_lists([*train_lists, *val_lists, *holdout_lists], products)
     start = time.perf_counter()
-    deadline = None if config.max_minutes is None else start + 60.0 * config.max_minutes
     tokens = _Tokens(ranker, [*train_lists, *val_lists, *holdout_lists], products)
     val_pos = _positives(val_lists)
     hold_pos = _positives(holdout_lists)
@@ -854,6 +853,10 @@ def train_ranker(
         k,
         ndcg_before,
     )
+    # The time limit counts from the first step: scoring the validation and holdout lists
+    # before training (minutes for large lists on a CPU) must not eat the training budget.
+    begun = time.perf_counter()
+    deadline = None if config.max_minutes is None else begun + 60.0 * config.max_minutes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         optimiser, schedule = _optimiser(model, config, per_epoch * config.epochs)

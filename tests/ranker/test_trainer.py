@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,7 +137,7 @@ def test_cold_start_lists_mirror_the_evaluation_split(shop: ColourShop) -> None:
     assert len(built.lists) >= 200
     assert built.features == ("retrieval", "text")
     assert [w["lists"] > 0 for w in built.windows] == [True] * 3
-    first_sale = {}
+    first_sale: dict[str, datetime] = {}
     for e in sorted(shop.events, key=lambda e: e.timestamp):
         first_sale.setdefault(e.product_id, e.timestamp)
     for lst in built.lists:
@@ -207,11 +208,11 @@ def test_open_cls_makes_the_last_layer_attend_uniformly(tiny_text_model_dir: Pat
     import torch
 
     ranker = CrossEncoderRanker.from_base(tiny_config(tiny_text_model_dir))
-    model = ranker.torch_model
+    model: Any = ranker.torch_model
     assert open_cls(model)
-    query = model.base_model.encoder.layer[-1].attention.self.query  # type: ignore[union-attr]
+    query = model.base_model.encoder.layer[-1].attention.self.query
     assert float(query.weight.detach().abs().sum()) == 0.0
-    model.set_attn_implementation("eager")  # type: ignore[operator]
+    model.set_attn_implementation("eager")
     batch = ranker.pairs([([5, 6, 7], [8, 9]), ([5, 6, 7], [10, 11, 12, 13])])
     with torch.no_grad():
         out = model(

@@ -236,3 +236,47 @@ def test_evaluate_runs_the_two_stage_rows_with_a_real_ranker(
     )
     assert blend_margin.margin == pytest.approx(0.0) and blend_margin.stderr == pytest.approx(0.0)
     assert blend_margin.n_users == len(report.results[0].per_user.values["ndcg@20"])
+
+
+def test_cli_trains_a_ranker_and_evaluates_it_in_two_stages(
+    synth_dir: Path, tiny_text_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from newarrivals.service.cli import main
+
+    out, reports, cache = tmp_path / "rk", tmp_path / "reports", tmp_path / "cache"
+    common = ["--text-model", str(tiny_text_model_dir), "--cache-dir", str(cache)]
+    code = main(
+        [
+            "train-ranker", "--catalog", str(synth_dir), "--out", str(out),
+            "--base-model", str(tiny_text_model_dir), "--retrieval", "text/max",
+            "--windows", "2", "--window-days", "30", "--hard", "4", "--random", "2",
+            "--candidates", "10", "--context-tokens", "24", "--candidate-tokens", "12",
+            "--epochs", "1", "--val-fraction", "0.4", "--device", "cpu", "--no-progress",
+            *common,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_train_lists"] > 0 and printed["steps"] > 0
+    assert (out / "ranker.json").is_file()
+    manifest = json.loads((out / "ranker.json").read_text())
+    assert manifest["training"]["lists"] == "cold-start"
+    code = main(
+        [
+            "evaluate", "--data", str(synth_dir), "--no-user-tower", "--seeds", "1",
+            "--reports", str(reports), "--device", "cpu", "--no-progress",
+            "--ranker", str(out), "--rerank-n", "10", "--rerank-retrieval", "text/max",
+            *common,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "two-stage N=10: rk" in text and "margin" in text
+    saved = json.loads(next(reports.glob("rerank-*.json")).read_text())
+    assert saved["run"]["depths"] == [10]
+    assert {m["metric"] for m in saved["margins"]} == {"ndcg@20", "recall@20"}
+    assert (
+        main(["evaluate", "--data", str(synth_dir), "--ranker", str(out), "--rerank-n", "x"]) == 2
+    )
