@@ -117,6 +117,26 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
+def _keep_if_verified(
+    tmp: Path, folder: Path, meta: dict[str, Any], diff: float, tolerance: float
+) -> Path | None:
+    """Record the probe check; publish the export when it passed, discard it otherwise."""
+    meta |= {"verified": diff <= tolerance, "probe_max_abs_diff": diff}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    if not meta["verified"]:
+        logger.warning(
+            "ONNX copy of %s differs from torch by %.2g > %.0g: not used",
+            meta["encoder_id"],
+            diff,
+            tolerance,
+        )
+        shutil.rmtree(tmp)
+        return None
+    _publish(tmp, folder)
+    logger.info("ONNX copy of %s in %s (probe diff %.1g)", meta["encoder_id"], folder, diff)
+    return folder
+
+
 def _publish(tmp: Path, folder: Path) -> None:
     """Move a finished export into place; a crash mid-export leaves only a temp folder."""
     if folder.exists():
@@ -267,24 +287,11 @@ def export_text(encoder: TextEncoder, cache_root: Path, probe: Sequence[str]) ->
             float(np.abs(candidate.encode(sample) - encoder.encode(sample)).max()),
             float(np.abs(candidate.encode(sample[-1:]) - encoder.encode(sample[-1:])).max()),
         )
-        meta |= {"verified": diff <= TEXT_TOLERANCE, "probe_max_abs_diff": diff}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if not meta["verified"]:
-            logger.warning(
-                "ONNX copy of %s differs from torch by %.2g > %.0g: not used",
-                encoder.encoder_id,
-                diff,
-                TEXT_TOLERANCE,
-            )
-            shutil.rmtree(tmp)
-            return None
-        _publish(tmp, folder)
+        return _keep_if_verified(tmp, folder, meta, diff, TEXT_TOLERANCE)
     except Exception as exc:  # an export failure must never fail the build that asked for it
         shutil.rmtree(tmp, ignore_errors=True)
         logger.warning("could not export %s to ONNX (%s); torch stays in use", encoder, exc)
         return None
-    logger.info("ONNX copy of %s in %s (probe diff %.1g)", encoder.encoder_id, folder, diff)
-    return folder
 
 
 # --------------------------------------------------------------------------------------
@@ -525,21 +532,8 @@ def export_image(
         }
         candidate = OnnxImageEncoder(tmp, meta, threads=None)
         diff = float(np.abs(candidate.encode_images(photos) - encoder.encode_images(photos)).max())
-        meta |= {"verified": diff <= IMAGE_TOLERANCE, "probe_max_abs_diff": diff}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if not meta["verified"]:
-            logger.warning(
-                "ONNX copy of %s differs from torch by %.2g > %.0g: not used",
-                encoder.encoder_id,
-                diff,
-                IMAGE_TOLERANCE,
-            )
-            shutil.rmtree(tmp)
-            return None
-        _publish(tmp, folder)
+        return _keep_if_verified(tmp, folder, meta, diff, IMAGE_TOLERANCE)
     except Exception as exc:  # an export failure must never fail the build that asked for it
         shutil.rmtree(tmp, ignore_errors=True)
         logger.warning("could not export %s to ONNX (%s); torch stays in use", encoder, exc)
         return None
-    logger.info("ONNX copy of %s in %s (probe diff %.1g)", encoder.encoder_id, folder, diff)
-    return folder

@@ -12,28 +12,13 @@ from newarrivals.indexer import CatalogError, IndexIntegrityError
 from newarrivals.indexer.build import BuildConfig, build_index
 from newarrivals.indexer.encoders import (
     FusionConfig,
-    ImageEncoderConfig,
     TextEncoder,
-    TextEncoderConfig,
 )
 from newarrivals.indexer.readers import read_catalog, write_catalog
 from newarrivals.indexer.retrieval import retrieve_for_user, similar_products
 from newarrivals.indexer.store import SearchFilter
 from newarrivals.indexer.users import UserVectors
 from newarrivals.indexer.version import LATEST_FILE, IndexVersion, latest_version
-
-
-@pytest.fixture()
-def config(tiny_text_model_dir: Path, tiny_clip_dir: Path, tmp_path: Path) -> BuildConfig:
-    return BuildConfig(
-        catalog=tmp_path / "catalog",
-        out=tmp_path / "index",
-        text=TextEncoderConfig(model=str(tiny_text_model_dir)),
-        image=ImageEncoderConfig(model=f"local-dir:{tiny_clip_dir}"),
-        device="cpu",
-        progress=False,
-        chunk_size=50,
-    )
 
 
 @pytest.fixture()

@@ -123,18 +123,6 @@ def test_bad_runtime_name_is_refused(tmp_path: Path) -> None:
         BuildConfig(catalog=tmp_path, out=tmp_path, encoder_runtime="tensorrt")
 
 
-@pytest.fixture()
-def config(tiny_text_model_dir: Path, tiny_clip_dir: Path, tmp_path: Path) -> BuildConfig:
-    return BuildConfig(
-        catalog=tmp_path / "catalog",
-        out=tmp_path / "index",
-        text=TextEncoderConfig(model=str(tiny_text_model_dir)),
-        image=ImageEncoderConfig(model=f"local-dir:{tiny_clip_dir}"),
-        device="cpu",
-        progress=False,
-    )
-
-
 def _change_titles(catalog_dir: Path, every: int) -> list[str]:
     catalog = read_catalog(catalog_dir)
     changed, products = [], []
