@@ -726,8 +726,13 @@ async def drive(
     """Send ``calls`` from ``concurrency`` workers; returns the tally, the wall seconds of
     the measured part and what the background task did."""
     # Spare connections for the background writes, so they never queue behind the load.
+    # Idle connections are dropped after 2 s: httpx's default, 5 s, equals uvicorn's
+    # keep-alive timeout, so a request sent on a connection idle for 5 s can meet the
+    # server's close and fail with a ReadError that says nothing about the service.
     spare = concurrency + 8
-    limits = httpx.Limits(max_connections=spare, max_keepalive_connections=spare)
+    limits = httpx.Limits(
+        max_connections=spare, max_keepalive_connections=spare, keepalive_expiry=2.0
+    )
     timeout = httpx.Timeout(60.0)
     report = BackgroundReport(background)
     async with httpx.AsyncClient(
