@@ -49,8 +49,10 @@ test: lint typecheck pytest
 
 # make bench: every benchmark at a moderate size into $(BENCH_DIR), then one report,
 # $(BENCH_DIR)/REPORT.md with PNG charts (benchmarks/report.py, which also runs alone on
-# earlier results). About 25 minutes on a 2-core CPU. The README's 1M-vector FAISS table:
-# `make bench BENCH_SCALE=1000000` (about 15 minutes more and 5 GiB of RAM).
+# earlier results). About 25 minutes on a 2-core CPU, plus the API load test's 15 (and,
+# the first time, 1-1.5 hours to build its 100,000-product index; see bench-load). The
+# README's 1M-vector FAISS table: `make bench BENCH_SCALE=1000000` (about 15 minutes more
+# and 5 GiB of RAM).
 BENCH_DIR ?= reports/bench
 BENCH_WORK ?= $(BENCH_DIR)/work
 BENCH_SCALE ?= 200000
@@ -94,9 +96,10 @@ bench-encode: install
 
 # make bench-load: the API load test alone (issue #5): `newarrivals serve` on a synthetic
 # index (default 100,000 products; LOAD_PRODUCTS=N), prepared once under $(LOAD_WORKDIR)
-# (the first 100,000 build takes about an hour on 2 busy cores), then 5,000 requests
-# (LOAD_REQUESTS=N) per scenario and concurrency. `make bench-load LOAD_ARGS=--smoke`
-# (2,000 products, 200 requests) checks the plumbing in about ten minutes.
+# (the first 100,000 build takes 1-1.5 hours on 2 cores), then 5,000 requests
+# (LOAD_REQUESTS=N) per scenario and concurrency (about 15 minutes).
+# `make bench-load LOAD_ARGS=--smoke` (2,000 products, 200 requests) checks the plumbing in
+# two minutes once prepared (about half an hour the first time, mostly the ranker).
 LOAD_WORKDIR ?= /tmp/newarrivals-load
 LOAD_PRODUCTS ?=
 LOAD_REQUESTS ?=
