@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,20 +28,9 @@ from newarrivals.ranker.trainer import (
     split_by_user,
 )
 
-COLOURS = ("red", "blue", "green", "black", "white", "yellow")
-GARMENTS = ("shirt", "dress", "coat", "boot", "hat", "scarf")
+from .conftest import COLOURS, GARMENTS
+
 CUTOFF = datetime(2024, 4, 1, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: tiny models on a shared 2-core machine run far faster unthreaded."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class ColourShop:
