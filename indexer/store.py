@@ -66,6 +66,10 @@ NO_LAUNCH: Final = int(np.iinfo(np.int64).min)
 COMPACT_TOMBSTONE_SHARE: Final = 0.25
 
 #: Rows per block in exact search: bounds the (queries x rows) score matrix.
+#: Post-filter (search unfiltered, drop refused products) when at least this share of the
+#: index passes the filter, fetching ``want / share`` times this many candidates.
+_POST_FILTER_SHARE: Final = 0.5
+_POST_FILTER_OVERFETCH: Final = 1.5
 _EXACT_BLOCK: Final = 65_536
 
 #: A full column buffer grows by this share of its rows (at least ``_MIN_SPARE`` rows).
@@ -422,16 +426,20 @@ class ProductIndex:
         k = int(k)
         mask = self._mask(filter if filter is not None else SearchFilter())
         n = len(self)
-        allowed_rows = None if mask is None else np.flatnonzero(mask)
-        n_allowed = n if allowed_rows is None else int(allowed_rows.size)
+        n_allowed = n if mask is None else int(np.count_nonzero(mask))
         if q.shape[0] == 0 or n_allowed == 0:
             return [[] for _ in range(q.shape[0])]
         want = min(k, n_allowed)
-        if allowed_rows is not None and (
+        if mask is not None and (
             n_allowed < self.exact_below or n_allowed < self.exact_fraction * n
         ):
-            return self._candidates(*self._exact(q, allowed_rows, want))
+            return self._candidates(*self._exact(q, np.flatnonzero(mask), want))
+        if mask is not None and n_allowed >= _POST_FILTER_SHARE * n:
+            found = self._post_filtered(q, want, mask, n_allowed / n)
+            if found is not None:
+                return found
 
+        allowed_rows = None if mask is None else np.flatnonzero(mask)
         allowed_ids = None if allowed_rows is None else self._int_ids[allowed_rows]
         scores, ids = self._index.search(q, want, allowed=allowed_ids)
         rows = self._rows_of_int(ids)
@@ -445,6 +453,31 @@ class ProductIndex:
             scores[short] = ex_scores
             rows[short] = ex_rows
         return self._candidates(scores, rows)
+
+    def _post_filtered(
+        self, q: FloatArray, want: int, mask: BoolArray, share: float
+    ) -> list[list[Candidate]] | None:
+        """Unfiltered search for a few more than ``want``, then drop what ``mask`` refuses.
+
+        When most of the index passes (the usual request: available products minus the
+        handful a user bought), this is several times cheaper than handing FAISS a selector
+        over every allowed id, which costs O(index) per request to build. Returns ``None``
+        when any query kept fewer than ``want``: the caller then runs the filtered search.
+        For IVF and Flat the result is the filtered search's (the allowed products among the
+        probed lists' best ``fetch`` are their best allowed ones).
+        """
+        fetch = min(len(self), int(want / share * _POST_FILTER_OVERFETCH) + 8)
+        scores, ids = self._index.search(q, fetch)
+        rows = self._rows_of_int(ids)
+        ok = rows >= 0
+        ok[ok] = mask[rows[ok]]
+        if int(ok.sum(axis=1).min()) < want:
+            return None
+        # A stable sort on "refused" keeps the score order among the allowed ones.
+        pick = np.argsort(~ok, axis=1, kind="stable")[:, :want]
+        return self._candidates(
+            np.take_along_axis(scores, pick, axis=1), np.take_along_axis(rows, pick, axis=1)
+        )
 
     def _mask(self, f: SearchFilter) -> BoolArray | None:
         """Rows passing ``f`` (vectorised); ``None`` when every live row passes.

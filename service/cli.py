@@ -970,6 +970,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--threads", type=int, default=None, help="encoder and ranker CPU threads")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off by default: /metrics counts and times them, and a log "
+        "line per request costs the hot path)",
+    )
     p.set_defaults(func=_cmd_serve)
 
 
@@ -996,7 +1002,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise NewArrivalsError(f"invalid serve settings: {exc}") from None
     app = create_app(settings)
     # log_config=None: uvicorn's loggers go through the logging set up in main().
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=args.access_log)
     return 0
 
 

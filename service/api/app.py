@@ -117,7 +117,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.api_key = api_key
     app.state.metrics = metrics
     app.state.settings = settings
-    app.dependency_overrides[get_settings] = lambda: settings
+
+    async def installed_settings() -> ServeSettings:
+        return settings
+
+    app.dependency_overrides[get_settings] = installed_settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: refused bodies are counted and timed too.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -23,7 +23,7 @@ _header = APIKeyHeader(
 )
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, provided: Annotated[str | None, Security(_header)] = None
 ) -> None:
     """Let the request through only with the configured key.

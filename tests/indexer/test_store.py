@@ -219,6 +219,62 @@ def test_tight_filter_still_returns_k(
     assert all(got[i] == want[i] for i in short.tolist())
 
 
+def _spy_post_filter(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record whether each post-filter attempt answered (True) or fell back (False)."""
+    answered: list[bool] = []
+    real = ProductIndex._post_filtered
+
+    def spy(self: ProductIndex, *args: object) -> object:
+        out = real(self, *args)  # type: ignore[arg-type]
+        answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ProductIndex, "_post_filtered", spy)
+    return answered
+
+
+def test_broad_filter_post_filters_like_the_selector_path(
+    catalogue: tuple[list[Product], FloatArray],
+    queries: FloatArray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Most products pass (available, minus a few bought): the store searches unfiltered
+    # and drops refused products; the answer must be the IVF selector search's.
+    products, vectors = catalogue
+    config = AnnConfig(factory="IVF16,Flat", nprobe=4)
+    store = ProductIndex.build(products, vectors, config, exact_below=0, exact_fraction=0.0)
+    bought = frozenset(p.product_id for p in products[1:400:7])
+    broad = SearchFilter(exclude_ids=bought)
+    allowed = np.array(
+        [i for i, p in enumerate(products) if p.available and p.product_id not in bought],
+        dtype=np.int64,
+    )
+    assert allowed.size > 0.8 * N
+    answered = _spy_post_filter(monkeypatch)
+    got = store.search(queries, K, broad)
+    assert answered == [True]
+    scores, ids = store.ann.search(queries, K, allowed=allowed)
+    assert ids_of(got) == [[products[int(i)].product_id for i in row] for row in ids]
+    np.testing.assert_allclose([[c.score for c in row] for row in got], scores, rtol=1e-5)
+
+
+def test_post_filter_that_comes_back_short_falls_back(
+    catalogue: tuple[list[Product], FloatArray],
+    queries: FloatArray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Excluding each query's unfiltered top 60 leaves 98% of the index allowed, but
+    # the over-fetched unfiltered candidates are all refused: the filtered search answers.
+    flat = build(catalogue, exact_below=0, exact_fraction=0.0)
+    q = queries[:1]
+    top = {c.product_id for c in flat.search(q, 60, SearchFilter(available_only=False))[0]}
+    flt = SearchFilter(exclude_ids=frozenset(top), available_only=False)
+    answered = _spy_post_filter(monkeypatch)
+    got = ids_of(flat.search(q, K, flt))
+    assert answered == [False]
+    assert got == brute_force(catalogue, q, K, lambda p: p.product_id not in top)
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
 def test_fewer_than_k_only_when_fewer_pass(
     factory: str, catalogue: tuple[list[Product], FloatArray], queries: FloatArray

@@ -37,7 +37,7 @@ ProductId = Annotated[str, Path(min_length=1, max_length=256, examples=["P000001
     responses=errors(401, 404, 503),
     summary="One product's metadata",
 )
-def get_product(product_id: ProductId, state: StateDep) -> ProductPublic:
+async def get_product(product_id: ProductId, state: StateDep) -> ProductPublic:
     with state.lock.read():
         product = state.products.get(product_id) if product_id in state.store else None
     if product is None:
@@ -61,7 +61,7 @@ def get_product(product_id: ProductId, state: StateDep) -> ProductPublic:
     responses=errors(401, 404, 503),
     summary="Products similar to a product",
 )
-def similar_products(
+async def similar_products(
     product_id: ProductId,
     params: Annotated[SimilarQuery, Query()],
     state: StateDep,
@@ -69,6 +69,7 @@ def similar_products(
     clock: ClockDep,
 ) -> SimilarProductsPublic:
     """The products nearest this one in the product space (itself excluded)."""
+    # On the event loop, like a recommendation without re-ranking: one search.
     check_limit(("query", "k"), params.k, settings.max_k, "NEWARRIVALS_MAX_K")
     return queries.similar(state, product_id, params, clock())
 
