@@ -403,17 +403,38 @@ def load_test_section(in_dir: Path, out_dir: Path) -> Section:
             f"| {r['scenario']} | `{r['route']}` | {r['concurrency']} | {r['requests']:,} "
             f"| {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r['rps'])} | {errors} |"
         )
+    return _percentile_section(
+        title,
+        lines,
+        rows,
+        out_dir / "api_latency.png",
+        [f"{r['route']} · {r['scenario']} · c={r['concurrency']}" for r in rows],
+        xlabel="latency, ms",
+        chart_title="API latency percentiles per route",
+    )
+
+
+def _percentile_section(
+    title: str,
+    lines: list[str],
+    rows: list[dict[str, Any]],
+    chart_path: Path,
+    labels: list[str],
+    *,
+    xlabel: str,
+    chart_title: str,
+) -> Section:
+    """A table's section with its p50/p99 bar chart (or a note that it has no rows)."""
     if not rows:
         return Section(title, [*lines, "", "The file holds no rows."], [], True)
     chart = _hbars(
-        out_dir / "api_latency.png",
-        [f"{r['route']} · {r['scenario']} · c={r['concurrency']}" for r in rows],
+        chart_path,
+        labels,
         {"p50": [r["p50_ms"] for r in rows], "p99": [r["p99_ms"] for r in rows]},
-        xlabel="latency, ms",
-        title="API latency percentiles per route",
+        xlabel=xlabel,
+        title=chart_title,
     )
-    lines += ["", f"![API latency per route]({chart.name})"]
-    return Section(title, lines, [chart], True)
+    return Section(title, [*lines, "", f"![{chart_title}]({chart.name})"], [chart], True)
 
 
 RANKER_FIELDS: Fields = {
@@ -494,17 +515,15 @@ def ranker_section(in_dir: Path, out_dir: Path) -> Section:
             f"| {r['variant']} | {r['candidates']} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} "
             f"| {ndcg} |"
         )
-    if not rows:
-        return Section(title, [*lines, "", "The file holds no rows."], [], True)
-    chart = _hbars(
+    return _percentile_section(
+        title,
+        lines,
+        rows,
         out_dir / "ranker_latency.png",
         [f"{r['variant']} · {r['candidates']} candidates" for r in rows],
-        {"p50": [r["p50_ms"] for r in rows], "p99": [r["p99_ms"] for r in rows]},
         xlabel="latency per request, ms",
-        title="Ranker latency percentiles",
+        chart_title="Ranker latency percentiles",
     )
-    lines += ["", f"![ranker latency]({chart.name})"]
-    return Section(title, lines, [chart], True)
 
 
 REBUILD_FIELDS: Fields = {

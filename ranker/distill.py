@@ -63,6 +63,7 @@ from .model import CrossEncoderRanker, TorchPairRanker
 from .shared import SharedContextConfig, SharedContextRanker
 from .trainer import (
     ColdStartListConfig,
+    EarlyStopping,
     TrainingList,
     build_cold_start_lists,
     build_training_lists,
@@ -71,6 +72,7 @@ from .trainer import (
     list_nll,
     list_scores,
     ndcg_at_k,
+    optimiser_step,
     split_by_user,
 )
 
@@ -570,11 +572,9 @@ def distill_ranker(
         return ndcg_at_k(s, val_pos, config.ndcg_k), rho, top1, _mean_kl(t_val_cal, s), s
 
     ndcg_before, rho_before, top1_before, kl_before, _ = validate()
-    best = (ndcg_before, 0)
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    stopping = EarlyStopping(model, ndcg_before, config.patience)
     history: list[DistillEpoch] = []
     stop_reason = "epochs"
-    stale = 0
     rng = np.random.default_rng(config.seed)
     tau = config.distill_temperature
     deadline = None if config.max_minutes is None else time.perf_counter() + 60 * config.max_minutes
@@ -619,11 +619,7 @@ def distill_ranker(
                     target = torch.as_tensor([lst.positive for lst in chunk], device=device)
                     ce = torch.nn.functional.cross_entropy(z_s, target)
                     loss = loss + config.label_weight * ce
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimiser.step()
-                losses.append(float(loss.detach()))
+                losses.append(optimiser_step(model, optimiser, loss))
                 if deadline is not None and time.perf_counter() > deadline:
                     out_of_time = True
                     break
@@ -643,19 +639,12 @@ def distill_ranker(
                 kl_val,
                 record.seconds,
             )
-            if ndcg > best[0]:
-                best, stale = (ndcg, epoch), 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-            if out_of_time:
-                stop_reason = "time limit"
+            stopping.update(model, epoch, ndcg)
+            reason = stopping.stop_reason(out_of_time)
+            if reason is not None:
+                stop_reason = reason
                 break
-            if stale >= config.patience:
-                stop_reason = f"no better validation NDCG for {stale} epochs"
-                break
-    model.load_state_dict(best_state)
-    model.eval()
+    stopping.restore(model)
     ndcg_after, rho_after, top1_after, kl_after, scores = validate()
     ece_before = expected_calibration_error(softmax(scores), val_pos, config.ece_bins)
     temperature = fit_temperature(scores, val_pos)
@@ -674,7 +663,7 @@ def distill_ranker(
         top1_agreement_after=top1_after,
         kl_before=kl_before,
         kl_after=kl_after,
-        best_epoch=best[1],
+        best_epoch=stopping.best_epoch,
         epochs_run=len(history),
         stop_reason=stop_reason,
         temperature=temperature,

@@ -123,6 +123,31 @@ def _resolve_base(base_model: str) -> Path:
     return _hf_model_dir(path)
 
 
+def _load_encoder_weights(encoder: Any, weights: Path) -> None:
+    """Load a base checkpoint's weights into ``encoder`` (truncated or not).
+
+    Done here rather than by ``from_pretrained``, which prints a table of every key of the
+    dropped layers and the new head on each first run. The check that matters is kept:
+    every weight of ``encoder`` must come from the checkpoint (the dropped layers, a legacy
+    ``position_ids`` buffer or another head's weights are simply not read).
+
+    Raises:
+        ConfigError: when the checkpoint lacks weights the encoder needs.
+    """
+    from safetensors.torch import load_file
+
+    prefix = f"{getattr(encoder, 'base_model_prefix', '')}."
+    state = {key.removeprefix(prefix): value for key, value in load_file(str(weights)).items()}
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ConfigError(
+            f"{weights} lacks {len(missing)} weights a {type(encoder).__name__} needs (e.g. "
+            f"{missing[:3]}); pass the directory of a BERT-style encoder as base_model."
+        )
+    encoder.load_state_dict({key: state[key] for key in own})
+
+
 class TorchPairRanker(PairRanker):
     """A ranker whose forward pass is a torch module (a teacher or a distilled student).
 
@@ -278,11 +303,17 @@ class CrossEncoderRanker(TorchPairRanker):
             available,
             device,
         )
+        weights = path / "model.safetensors"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), config=hf_config, local_files_only=True
-            )
+            if weights.is_file():
+                model = AutoModelForSequenceClassification.from_config(hf_config)  # type: ignore[no-untyped-call]
+                _load_encoder_weights(model.base_model, weights)
+                model.eval()
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    str(path), config=hf_config, local_files_only=True
+                )
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         return cls(model, tokenizer, config, device=device)
 

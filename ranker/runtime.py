@@ -112,6 +112,44 @@ def session_options(threads: int | None) -> onnxruntime.SessionOptions:
     return options
 
 
+def onnx_graphs(
+    directory: Path, kind: str, precision: str | None, parts: Sequence[str]
+) -> tuple[dict[str, Any], str, list[Path]]:
+    """An ONNX ranker artifact's manifest, the precision chosen and its graph files.
+
+    Args:
+        directory: The artifact.
+        kind: The manifest ``kind`` it must have.
+        precision: ``fp32``/``int8``; ``None`` takes the manifest's default.
+        parts: The keys of the precision's entry that name graph files.
+
+    Raises:
+        ConfigError: when ``directory`` holds another kind, or not ``precision`` (naming
+            the ones it holds).
+        IndexIntegrityError: when a graph file the manifest names is missing.
+    """
+    manifest = read_manifest(directory)
+    if manifest.get("kind") != kind:
+        raise ConfigError(
+            f"{directory} holds a {manifest.get('kind')!r} ranker, not a {kind!r} one; load "
+            "it with newarrivals.ranker.load_ranker."
+        )
+    models: dict[str, Any] = manifest["models"]
+    chosen = precision or str(manifest["default_precision"])
+    if chosen not in models:
+        raise ConfigError(
+            f"{directory} holds ONNX precisions {sorted(models)}, not {chosen!r}; pass "
+            "one of those (or export it again with that precision)."
+        )
+    paths = [directory / str(models[chosen][part]) for part in parts]
+    for path in paths:
+        if not path.is_file():
+            raise IndexIntegrityError(
+                f"{directory}: the manifest names {path.name!r}, which is missing."
+            )
+    return manifest, chosen, paths
+
+
 def _require_onnx() -> None:
     try:
         import onnx  # noqa: F401
@@ -372,24 +410,7 @@ class OnnxRanker(PairRanker):
         from transformers import AutoTokenizer
 
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        if manifest.get("kind") != ONNX_KIND:
-            raise ConfigError(
-                f"{directory} holds a {manifest.get('kind')!r} ranker, not an ONNX one; load "
-                "it with newarrivals.ranker.load_ranker."
-            )
-        models: dict[str, Any] = manifest["models"]
-        chosen = precision or str(manifest["default_precision"])
-        if chosen not in models:
-            raise ConfigError(
-                f"{directory} holds ONNX precisions {sorted(models)}, not {chosen!r}; pass "
-                "one of those (or export it with export_onnx)."
-            )
-        path = directory / str(models[chosen]["file"])
-        if not path.is_file():
-            raise IndexIntegrityError(
-                f"{directory}: the manifest names {path.name!r}, which is missing."
-            )
+        manifest, chosen, (path,) = onnx_graphs(directory, ONNX_KIND, precision, ("file",))
         config = RankerConfig.from_dict(manifest["config"])
         positions = int(manifest["architecture"]["max_position_embeddings"])
         if config.max_pair_tokens > positions:

@@ -486,28 +486,12 @@ class OnnxSharedContextRanker(PairRanker):
         import onnxruntime
         from transformers import AutoTokenizer
 
-        from .runtime import session_options
+        from .runtime import onnx_graphs, session_options
 
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        if manifest.get("kind") != ONNX_SHARED_KIND:
-            raise ConfigError(
-                f"{directory} holds a {manifest.get('kind')!r} ranker, not an ONNX "
-                "shared-context one; load it with newarrivals.ranker.load_ranker."
-            )
-        models: dict[str, Any] = manifest["models"]
-        chosen = precision or str(manifest["default_precision"])
-        if chosen not in models:
-            raise ConfigError(
-                f"{directory} holds ONNX precisions {sorted(models)}, not {chosen!r}; pass "
-                "one of those."
-            )
-        paths = [directory / str(models[chosen][part]) for part in ("context", "candidates")]
-        for path in paths:
-            if not path.is_file():
-                raise IndexIntegrityError(
-                    f"{directory}: the manifest names {path.name!r}, which is missing."
-                )
+        manifest, chosen, paths = onnx_graphs(
+            directory, ONNX_SHARED_KIND, precision, ("context", "candidates")
+        )
         options = session_options(threads)
         sessions = (
             onnxruntime.InferenceSession(

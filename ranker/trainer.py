@@ -97,6 +97,7 @@ from .model import CrossEncoderRanker, softmax
 __all__ = [
     "ColdStartListConfig",
     "ColdStartLists",
+    "EarlyStopping",
     "EpochRecord",
     "RankerTrainingReport",
     "RerankList",
@@ -114,6 +115,7 @@ __all__ = [
     "list_scores",
     "ndcg_at_k",
     "open_cls",
+    "optimiser_step",
     "rerank_ndcg",
     "split_by_user",
     "split_three_ways",
@@ -755,6 +757,55 @@ def open_cls(model: Any) -> bool:
     return True
 
 
+class EarlyStopping:
+    """The best validation score so far, the weights that had it, and when to stop.
+
+    Shared by the ranker's training and the student's distillation loops.
+    """
+
+    def __init__(self, model: Any, score: float, patience: int) -> None:
+        self.best = score
+        self.best_epoch = 0
+        self.stale = 0
+        self._patience = patience
+        self._state = _snapshot(model)
+
+    def update(self, model: Any, epoch: int, score: float) -> None:
+        if score > self.best:
+            self.best, self.best_epoch, self.stale = score, epoch, 0
+            self._state = _snapshot(model)
+        else:
+            self.stale += 1
+
+    def stop_reason(self, out_of_time: bool) -> str | None:
+        """Why to stop after this epoch, or ``None`` to go on."""
+        if out_of_time:
+            return "time limit"
+        if self.stale >= self._patience:
+            return f"no better validation NDCG for {self.stale} epochs"
+        return None
+
+    def restore(self, model: Any) -> None:
+        """Load the best weights back into ``model`` and put it in eval mode."""
+        model.load_state_dict(self._state)
+        model.eval()
+
+
+def _snapshot(model: Any) -> dict[str, Any]:
+    return {n: v.detach().clone() for n, v in model.state_dict().items()}
+
+
+def optimiser_step(model: Any, optimiser: Any, loss: Any) -> float:
+    """Backward, clip the gradient norm to 1, step; returns the loss."""
+    import torch
+
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimiser.step()
+    return float(loss.detach())
+
+
 def _optimiser(model: Any, config: RankerTrainConfig, total_steps: int) -> tuple[Any, Any]:
     """AdamW with the head's own learning rate, and the warmup-then-linear-decay schedule."""
     import torch
@@ -833,14 +884,11 @@ def train_ranker(
     ndcg_before = ndcg_at_k(scores_of(val_lists), val_pos, k)
     holdout_before = ndcg_or_nan(scores_of(holdout_lists), hold_pos)
     # No epoch better than the model as it came: keep it as it came (before open_cls).
-    best_ndcg = ndcg_before
-    best_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
+    stopping = EarlyStopping(model, ndcg_before, config.patience)
     if config.open_cls and not open_cls(model):
         logger.warning("open_cls: the model has no BERT-style last layer; left as it is")
-    best_epoch = 0
     history: list[EpochRecord] = []
     stop_reason = "epochs"
-    stale = 0
     steps = 0
     rng = np.random.default_rng(config.seed)
     per_epoch = math.ceil(len(train_lists) / config.batch_lists)
@@ -871,13 +919,9 @@ def train_ranker(
                 logits = ranker.forward(ranker.pairs(tokens.pairs(chunk))).view(len(chunk), size)
                 target = torch.as_tensor([lst.positive for lst in chunk], device=ranker.device)
                 loss = torch.nn.functional.cross_entropy(logits, target)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimiser.step()
+                losses.append(optimiser_step(model, optimiser, loss))
                 schedule.step()
                 steps += 1
-                losses.append(float(loss.detach()))
                 if deadline is not None and time.perf_counter() > deadline:
                     out_of_time = True
                     break
@@ -894,19 +938,12 @@ def train_ranker(
                 val_ndcg,
                 record.seconds,
             )
-            if val_ndcg > best_ndcg:
-                best_ndcg, best_epoch, stale = val_ndcg, epoch, 0
-                best_state = {n: v.detach().clone() for n, v in model.state_dict().items()}
-            else:
-                stale += 1
-            if out_of_time:
-                stop_reason = "time limit"
+            stopping.update(model, epoch, val_ndcg)
+            reason = stopping.stop_reason(out_of_time)
+            if reason is not None:
+                stop_reason = reason
                 break
-            if stale >= config.patience:
-                stop_reason = f"no better validation NDCG for {stale} epochs"
-                break
-    model.load_state_dict(best_state)
-    model.eval()
+    stopping.restore(model)
     val_scores = scores_of(val_lists)
     ndcg_after = ndcg_at_k(val_scores, val_pos, k)
     temperature = fit_temperature(val_scores, val_pos)
@@ -929,7 +966,7 @@ def train_ranker(
         ndcg_k=k,
         ndcg_before=ndcg_before,
         ndcg_after=ndcg_after,
-        best_epoch=best_epoch,
+        best_epoch=stopping.best_epoch,
         epochs_run=len(history),
         stop_reason=stop_reason,
         temperature=temperature,

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -80,8 +81,15 @@ def _iso_text(value: object) -> object:
     raise ValueError("must be an ISO-8601 date or date-time string, e.g. 2024-04-01")
 
 
-#: A date or date-time given as ISO-8601 text (also inside strict JSON bodies).
-IsoDateTime = Annotated[datetime, Field(strict=False), BeforeValidator(_iso_text)]
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+#: A date or date-time given as ISO-8601 text (also inside strict JSON bodies); one without
+#: a zone is taken as UTC.
+IsoDateTime = Annotated[
+    datetime, Field(strict=False), BeforeValidator(_iso_text), AfterValidator(_as_utc)
+]
 #: An enum value given as its string (also inside strict JSON bodies).
 Event = Annotated[EventType, Field(strict=False)]
 
@@ -92,12 +100,6 @@ def parse_category(value: str | list[str] | None) -> tuple[str, ...]:
         return ()
     parts = value if isinstance(value, list) else value.replace("/", ">").split(">")
     return tuple(p.strip() for p in parts if p.strip())
-
-
-def _as_utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class _Strict(BaseModel):
@@ -149,11 +151,6 @@ class FilterFields(_Strict):
             raise ValueError("must name a category path such as 'Women > Tops'")
         return value
 
-    @field_validator("launched_after")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _as_utc(value)
-
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.launched_after is not None and self.new_within_days is not None:
@@ -203,11 +200,6 @@ class SessionEventRequest(_Strict):
     timestamp: IsoDateTime | None = Field(
         default=None, description="When it happened; default: list order, newest first."
     )
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _as_utc(value)
 
 
 class SessionRecommendationRequest(FilterFields):
@@ -280,11 +272,6 @@ class ProductUpsertRequest(ProductFields):
         default=None, description="The product photo, base64 (standard alphabet)."
     )
 
-    @field_validator("launched_at")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _as_utc(value)
-
 
 class _ColdStartOptions(_Strict):
     nearest_k: int = Field(default=10, ge=1, le=K_CEILING, description="Catalogue neighbours.")
@@ -356,11 +343,6 @@ class EventRequest(_Strict):
     product_id: Identifier
     event: Event
     timestamp: IsoDateTime | None = Field(default=None, description="Default: now.")
-
-    @field_validator("timestamp")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _as_utc(value)
 
 
 class EventsRequest(_Strict):

@@ -123,6 +123,59 @@ def test_token_budgets_must_fit_the_model(tiny_text_model_dir: Path) -> None:
         CrossEncoderRanker.from_base(config)
 
 
+def _bert_dir(root: Path, layers: int) -> Path:
+    """A random 32-wide BERT checkpoint with MiniLM's tokenizer files."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from newarrivals.indexer.encoders import bundled_minilm_path
+
+    root.mkdir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(bundled_minilm_path() / name, root / name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        cfg = BertConfig(
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+        BertModel(cfg).save_pretrained(root)
+    return root
+
+
+def test_truncated_base_keeps_the_checkpoint_weights_of_its_layers(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    base = _bert_dir(tmp_path / "bert3", layers=3)
+    config = RankerConfig(
+        base_model=str(base), num_layers=2, context_tokens=32, candidate_tokens=16
+    )
+    ranker = CrossEncoderRanker.from_base(config)
+    saved = load_file(str(base / "model.safetensors"))
+    encoder = ranker.torch_model.get_submodule("bert").state_dict()
+    assert not any(k.startswith("encoder.layer.2.") for k in encoder)
+    assert all(np.array_equal(encoder[k].numpy(), saved[k].numpy()) for k in encoder)
+    assert not ranker.torch_model.training
+
+
+def test_base_checkpoint_missing_weights_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    base = _bert_dir(tmp_path / "bert2", layers=2)
+    weights = base / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v for k, v in state.items() if not k.startswith("encoder.layer.1.")}, weights)
+    with pytest.raises(ConfigError, match=r"lacks \d+ weights .*encoder\.layer\.1\."):
+        CrossEncoderRanker.from_base(
+            RankerConfig(base_model=str(base), context_tokens=32, candidate_tokens=16)
+        )
+
+
 # -- text ---------------------------------------------------------------------------
 
 
