@@ -143,6 +143,12 @@ def test_both_views_render_in_a_real_browser(live_server: tuple[str, str]) -> No
             expect(page.locator("#sh-recs .card").first).to_be_visible(timeout=30_000)
             assert page.locator("#sh-history .card").count() >= 1
             expect(page.locator("#sh-recs .card .reason").first).to_contain_text("closest to")
+            # Each reason names a product the history shows.
+            history = set(page.locator("#sh-history .card .title").all_inner_texts())
+            for reason in page.locator("#sh-recs .card .reason").all_inner_texts():
+                quoted = reason.removeprefix("closest to ")
+                named = quoted[1 : quoted.index(quoted[0] + ", which")]
+                assert named in history, (named, sorted(history))
             # Photos come from the photo route: at least one loaded for real.
             page.wait_for_function(
                 "[...document.querySelectorAll('#sh-recs img')].some(i => i.naturalWidth > 0)"

@@ -141,7 +141,8 @@ async function showShopper() {
   if (!userId) return;
   try {
     const user = await api(`/v1/users/${encodeURIComponent(userId)}`);
-    const history = await Promise.all(user.recent_product_ids.slice(0, 8).map((id) =>
+    // Every recent product the service keeps: the reasons below may name any of them.
+    const history = await Promise.all(user.recent_product_ids.map((id) =>
       api(`/v1/products/${encodeURIComponent(id)}`).catch(() => ({ product_id: id, title: id, category: "" }))));
     $("#sh-history").replaceChildren(...history.map((p) =>
       card(p.product_id, p.title, [["meta", p.category]],
