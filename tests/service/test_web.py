@@ -131,6 +131,9 @@ def test_both_views_render_in_a_real_browser(live_server: tuple[str, str]) -> No
             expect(page.locator("#pl-nearest .card").first).to_be_visible(timeout=30_000)
             assert page.locator("#pl-nearest .card").count() == 10
             expect(page.locator("#pl-reach")).to_contain_text("Expected reach")
+            # The index has an image tower, so a text-only lookup says its reach is not
+            # comparable with what a photo would give.
+            expect(page.locator("#pl-reach")).to_contain_text("add a photo")
             assert page.locator("#pl-audience-table tbody tr").count() == 5
             # Without the key, "bought before" explains what is missing.
             expect(page.locator("#pl-audience-table tbody tr td").nth(4)).to_contain_text("API key")

@@ -100,7 +100,11 @@ function renderPlanner(result) {
     `Expected reach: ${reach.users_in_top_k} of ${reach.users_considered} users ` +
     `(${(100 * reach.share).toFixed(1)}%) would see it in their top ${reach.k}; ` +
     `expected picks ${fmt(reach.expected_picks, 1)}. ` +
-    `Encoded from ${[result.encoded_from_text && "text", result.encoded_from_photo && "photo"].filter(Boolean).join(" + ")}.`;
+    `Encoded from ${[result.encoded_from_text && "text", result.encoded_from_photo && "photo"].filter(Boolean).join(" + ")}.` +
+    (!result.encoded_from_photo && document.body.dataset.imageModel
+      ? " Without a photo it is placed by its text alone, while the catalogue's products and " +
+        "its shoppers also carry photo signal: add a photo for a comparable reach."
+      : "");
   const nearest = $("#pl-nearest");
   nearest.replaceChildren(...result.nearest_products.map((p) =>
     card(p.product_id, p.title, [["meta", `${p.category} · similarity ${fmt(p.score)}`]])));
@@ -180,6 +184,7 @@ async function loadStatus() {
     ];
     $("#st-list").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v ?? "–")]));
     $("#sh-rerank").disabled = !s.ranker_loaded;
+    document.body.dataset.imageModel = s.image_model || "";
     if (s.new_arrivals_after && !$("#sh-new-after").value) $("#sh-new-after").value = s.new_arrivals_after;
   } catch (err) {
     showError(err.message);
