@@ -743,6 +743,8 @@ def _cmd_train_ranker(args: argparse.Namespace) -> int:
                 "lists_config": lists_config.to_dict(),
                 "windows": built.windows,
                 "image_tower": str(args.image_tower) if args.image_tower else None,
+                # None: the bundled MiniLM. distill-ranker rebuilds the lists with it.
+                "text_model": args.text_model,
             }
         )
     summary = {k: v for k, v in report.to_dict().items() if k != "history"}
@@ -811,7 +813,9 @@ def _add_distill_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         default=None,
         help="cold-start lists: trained image tower (default: the teacher's)",
     )
-    p.add_argument("--text-model", default=None, help="cold-start lists: text model")
+    p.add_argument(
+        "--text-model", default=None, help="cold-start lists: text model (default: the teacher's)"
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (cold-start)")
     p.add_argument("--hidden", type=int, default=128, help="student hidden size")
     p.add_argument("--layers", type=int, default=2, help="student encoder layers")
@@ -898,9 +902,12 @@ def _cmd_distill_ranker(args: argparse.Namespace) -> int:
             raise NewArrivalsError("the teacher records no cutoff; pass --before.")
         tower = args.image_tower or training.get("image_tower")
         known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
+        text_model = args.text_model or training.get("text_model")
         vectors = encode_product_vectors(
             known,
-            text=TextEncoderConfig(**({"model": args.text_model} if args.text_model else {})),
+            text=None
+            if text_model == "none"
+            else TextEncoderConfig(**({"model": str(text_model)} if text_model else {})),
             image_tower=Path(tower) if tower else None,
             cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
             device=device,
@@ -915,7 +922,9 @@ def _cmd_distill_ranker(args: argparse.Namespace) -> int:
             lists_config,
             max_context_items=max_items,
         )
-        extra.update({"lists": "cold-start", "cutoff": cutoff.isoformat()})
+        extra.update(
+            {"lists": "cold-start", "cutoff": cutoff.isoformat(), "text_model": text_model}
+        )
     else:
         if args.index is None:
             raise NewArrivalsError(

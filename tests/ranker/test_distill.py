@@ -537,16 +537,18 @@ def test_cli_distill_ranker_follows_a_cold_start_teachers_recipe(
                  "--cache-dir", cache, "--threads", "1", "--device", "cpu",
                  "--no-progress"]) == 0  # fmt: skip
     recorded = json.loads((teacher / "ranker.json").read_text())["training"]
-    assert recorded["lists"] == "cold-start"
+    assert recorded["lists"] == "cold-start" and recorded["text_model"] == tiny
     capsys.readouterr()
     out = tmp_path / "student"
     assert main(["distill-ranker", "--teacher", str(teacher), "--catalog", str(synth_dir),
-                 "--out", str(out), "--text-model", tiny, "--cache-dir", cache,
+                 "--out", str(out), "--cache-dir", cache,
                  "--hidden", "16", "--layers", "1", "--context-tokens", "16",
                  "--candidate-tokens", "8", "--epochs", "1", "--threads", "1",
                  "--device", "cpu"]) == 0  # fmt: skip
     printed = json.loads(capsys.readouterr().out)
     manifest = json.loads((out / "ranker.json").read_text())["training"]
     assert manifest["lists"] == "cold-start" and manifest["cutoff"] == recorded["cutoff"]
+    # The lists were rebuilt with the teacher's text model, not the bundled default.
+    assert manifest["text_model"] == tiny
     assert printed["list_size"] == 10 and printed["n_train_lists"] > 0
     assert isinstance(load_ranker(out), CrossEncoderRanker)
