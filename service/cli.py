@@ -903,11 +903,14 @@ def _cmd_distill_ranker(args: argparse.Namespace) -> int:
         tower = args.image_tower or training.get("image_tower")
         known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
         text_model = args.text_model or training.get("text_model")
+        text: TextEncoderConfig | None = TextEncoderConfig()
+        if text_model == "none":
+            text = None
+        elif text_model:
+            text = TextEncoderConfig(model=str(text_model))
         vectors = encode_product_vectors(
             known,
-            text=None
-            if text_model == "none"
-            else TextEncoderConfig(**({"model": str(text_model)} if text_model else {})),
+            text=text,
             image_tower=Path(tower) if tower else None,
             cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
             device=device,
