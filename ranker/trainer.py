@@ -68,7 +68,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -313,6 +313,10 @@ def build_training_lists(
 # -- lists: cold-start windows --------------------------------------------------------
 
 
+#: Which bought products make training lists (see :class:`ColdStartListConfig`).
+POSITIVE_POOLS: Final = ("any", "retrieved")
+
+
 @dataclass(frozen=True)
 class ColdStartListConfig:
     """The pseudo cold-start windows lists are built from (see the module docstring).
@@ -325,6 +329,12 @@ class ColdStartListConfig:
             starts from).
         max_users: Build lists for at most this many (seeded random) users per window;
             ``None`` for all (a budget knob for slow CPUs).
+        positives: ``any``: every product a user bought in the window makes a list;
+            ``retrieved``: only those the retrieval's top ``retrieval_candidates`` holds,
+            the only ones a re-ranker can move. With ``any``, most positives lie outside
+            that top while the hard negatives come from it, so a list can be solved by
+            "the one least like the history", the opposite of what re-ranking the top
+            needs.
 
     Example:
         >>> ColdStartListConfig(windows=2, window_days=30).window_days
@@ -335,9 +345,14 @@ class ColdStartListConfig:
     window_days: float = 91.0
     retrieval: str = "fused-late/max"
     max_users: int | None = None
+    positives: str = "any"
 
     def __post_init__(self) -> None:
         require_int("windows", self.windows)
+        if self.positives not in POSITIVE_POOLS:
+            raise ConfigError(
+                f"positives must be one of {', '.join(POSITIVE_POOLS)}, got {self.positives!r}."
+            )
         require_positive("window_days", self.window_days)
         object.__setattr__(self, "window_days", float(self.window_days))
         if self.retrieval not in RETRIEVAL_METHODS:
@@ -459,6 +474,8 @@ def build_cold_start_lists(
             )
             hard_pool = [i for i in top if i not in truth]
             positives = sorted(truth)
+            if lists_config.positives == "retrieved":
+                positives = sorted(truth.intersection(top))
             if len(positives) > config.max_lists_per_user:
                 positives = sorted(
                     rng.choice(positives, config.max_lists_per_user, replace=False).tolist()

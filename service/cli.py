@@ -614,6 +614,14 @@ def _add_train_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="events that make a positive, e.g. purchase,cart (default: the evaluation's)",
     )
     p.add_argument("--max-users", type=int, default=None, help="users per window (subsample)")
+    p.add_argument(
+        "--positives",
+        choices=["any", "retrieved"],
+        default="any",
+        help="cold-start: which bought products make lists: any, or only those in the "
+        "retrieval's top --candidates (the ones re-ranking can move; hard negatives come from "
+        "there, so 'any' lets a list be solved by dissimilarity)",
+    )
     p.add_argument("--lists-per-user", type=int, default=10, help="lists per user (and window)")
     p.add_argument("--hard", type=int, default=15, help="hard negatives per list")
     p.add_argument("--random", type=int, default=4, help="random negatives per list")
@@ -719,6 +727,7 @@ def _cmd_train_ranker(args: argparse.Namespace) -> int:
             window_days=args.window_days,
             retrieval=args.retrieval,
             max_users=args.max_users,
+            positives=args.positives,
         )
         known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
         vectors = encode_product_vectors(

@@ -149,6 +149,33 @@ def test_cold_start_lists_mirror_the_evaluation_split(shop: ColourShop) -> None:
         assert (np.diff(retrieval) <= 1e-12).all()  # retrieval order
 
 
+def test_retrieved_positives_are_the_ones_reranking_can_move(shop: ColourShop) -> None:
+    every = build_cold_start_lists(
+        shop.events, shop.products, shop.vectors, CUTOFF, TRAIN, LISTS, max_context_items=4
+    )
+    inside = replace(LISTS, positives="retrieved")
+    built = build_cold_start_lists(
+        shop.events, shop.products, shop.vectors, CUTOFF, TRAIN, inside, max_context_items=4
+    )
+    # Each user's top candidates, per window in order (a user may appear in several).
+    tops: dict[str, list[set[str]]] = {}
+    for r in built.rerank:
+        tops.setdefault(r.user_id, []).append(set(r.candidate_ids))
+    assert 0 < len(built.lists) < len(every.lists)
+    for lst in built.lists:
+        positive = lst.candidate_ids[lst.positive]
+        assert any(positive in top for top in tops[lst.user_id])
+    # With every positive, some lie outside the retrieved top: the lists this option drops.
+    outside = [
+        lst
+        for lst in every.lists
+        if not any(lst.candidate_ids[lst.positive] in top for top in tops.get(lst.user_id, []))
+    ]
+    assert outside
+    with pytest.raises(ConfigError, match="positives"):
+        ColdStartListConfig(positives="all")
+
+
 def test_cold_start_lists_read_nothing_at_or_after_the_cutoff(shop: ColourShop) -> None:
     late = [
         Interaction("u0", "w16" + "00", EventType.PURCHASE, CUTOFF),
