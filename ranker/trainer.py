@@ -787,11 +787,13 @@ class EarlyStopping:
         self._patience = patience
         self._state = _snapshot(model)
 
-    def update(self, model: Any, epoch: int, score: float) -> None:
+    def update(self, model: Any, epoch: int, score: float, *, counts: bool = True) -> None:
+        """Record an epoch's validation score; ``counts=False`` (an epoch that ended inside
+        the learning-rate warmup) keeps a better model but does not use up patience."""
         if score > self.best:
             self.best, self.best_epoch, self.stale = score, epoch, 0
             self._state = _snapshot(model)
-        else:
+        elif counts:
             self.stale += 1
 
     def stop_reason(self, out_of_time: bool) -> str | None:
@@ -823,6 +825,10 @@ def optimiser_step(model: Any, optimiser: Any, loss: Any) -> float:
     return float(loss.detach())
 
 
+def _warmup_steps(config: RankerTrainConfig, total_steps: int) -> int:
+    return max(1, round(config.warmup_fraction * total_steps))
+
+
 def _optimiser(model: Any, config: RankerTrainConfig, total_steps: int) -> tuple[Any, Any]:
     """AdamW with the head's own learning rate, and the warmup-then-linear-decay schedule."""
     import torch
@@ -839,7 +845,7 @@ def _optimiser(model: Any, config: RankerTrainConfig, total_steps: int) -> tuple
         ],
         weight_decay=config.weight_decay,
     )
-    warmup = max(1, round(config.warmup_fraction * total_steps))
+    warmup = _warmup_steps(config, total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -924,7 +930,8 @@ def train_ranker(
     deadline = None if config.max_minutes is None else begun + 60.0 * config.max_minutes
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        optimiser, schedule = _optimiser(model, config, per_epoch * config.epochs)
+        total = per_epoch * config.epochs
+        optimiser, schedule = _optimiser(model, config, total)
         out_of_time = False
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
@@ -955,7 +962,9 @@ def train_ranker(
                 val_ndcg,
                 record.seconds,
             )
-            stopping.update(model, epoch, val_ndcg)
+            # Epochs still inside the warmup do not count against patience: on small lists
+            # the warmup spans epochs, and their flat scores are not a plateau.
+            stopping.update(model, epoch, val_ndcg, counts=steps >= _warmup_steps(config, total))
             reason = stopping.stop_reason(out_of_time)
             if reason is not None:
                 stop_reason = reason

@@ -637,6 +637,9 @@ def _add_train_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--context-tokens", type=int, default=64)
     p.add_argument("--candidate-tokens", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument(
+        "--patience", type=int, default=2, help="epochs without a better validation NDCG to stop"
+    )
     p.add_argument("--minutes", type=float, default=None, help="training time limit")
     p.add_argument("--batch-lists", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate")
@@ -706,6 +709,7 @@ def _cmd_train_ranker(args: argparse.Namespace) -> int:
         positive_events=positives,
         max_lists_per_user=args.lists_per_user,
         epochs=args.epochs,
+        patience=args.patience,
         max_minutes=args.minutes,
         batch_lists=args.batch_lists,
         learning_rate=args.lr,

@@ -367,3 +367,29 @@ def test_blend_round_trips_and_rejects_bad_input(tmp_path: Path) -> None:
 
 def test_list_nll_of_a_constant_scorer_is_log_list_size() -> None:
     assert list_nll(np.zeros((4, 10)), np.zeros(4, dtype=np.int64)) == pytest.approx(np.log(10))
+
+
+def test_early_stopping_keeps_the_best_and_ignores_warmup_epochs() -> None:
+    import torch
+
+    from newarrivals.ranker.trainer import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stopping = EarlyStopping(model, 0.5, patience=2)
+    # Flat epochs inside the warmup use up no patience.
+    for epoch in (1, 2, 3):
+        stopping.update(model, epoch, 0.5, counts=False)
+        assert stopping.stop_reason(out_of_time=False) is None
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    stopping.update(model, 4, 0.6)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    stopping.update(model, 5, 0.55)
+    assert stopping.stop_reason(out_of_time=False) is None
+    stopping.update(model, 6, 0.55)
+    assert stopping.stop_reason(out_of_time=False) == "no better validation NDCG for 2 epochs"
+    assert stopping.stop_reason(out_of_time=True) == "time limit"
+    stopping.restore(model)
+    assert stopping.best_epoch == 4 and float(model.weight[0, 0]) == 1.0
+    assert not model.training
