@@ -65,11 +65,12 @@ NO_LAUNCH: Final = int(np.iinfo(np.int64).min)
 #: Rebuild an HNSW index from the stored vectors once this share of it is tombstones.
 COMPACT_TOMBSTONE_SHARE: Final = 0.25
 
-#: Rows per block in exact search: bounds the (queries x rows) score matrix.
 #: Post-filter (search unfiltered, drop refused products) when at least this share of the
 #: index passes the filter, fetching ``want / share`` times this many candidates.
 _POST_FILTER_SHARE: Final = 0.5
 _POST_FILTER_OVERFETCH: Final = 1.5
+
+#: Rows per block in exact search: bounds the (queries x rows) score matrix.
 _EXACT_BLOCK: Final = 65_536
 
 #: A full column buffer grows by this share of its rows (at least ``_MIN_SPARE`` rows).

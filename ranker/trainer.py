@@ -473,9 +473,9 @@ def build_cold_start_lists(
                 )
             )
             hard_pool = [i for i in top if i not in truth]
-            positives = sorted(truth)
-            if lists_config.positives == "retrieved":
-                positives = sorted(truth.intersection(top))
+            positives = sorted(
+                truth.intersection(top) if lists_config.positives == "retrieved" else truth
+            )
             if len(positives) > config.max_lists_per_user:
                 positives = sorted(
                     rng.choice(positives, config.max_lists_per_user, replace=False).tolist()
@@ -931,6 +931,7 @@ def train_ranker(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         total = per_epoch * config.epochs
+        warmup = _warmup_steps(config, total)
         optimiser, schedule = _optimiser(model, config, total)
         out_of_time = False
         for epoch in range(1, config.epochs + 1):
@@ -964,7 +965,7 @@ def train_ranker(
             )
             # Epochs still inside the warmup do not count against patience: on small lists
             # the warmup spans epochs, and their flat scores are not a plateau.
-            stopping.update(model, epoch, val_ndcg, counts=steps >= _warmup_steps(config, total))
+            stopping.update(model, epoch, val_ndcg, counts=steps >= warmup)
             reason = stopping.stop_reason(out_of_time)
             if reason is not None:
                 stop_reason = reason

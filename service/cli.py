@@ -137,6 +137,13 @@ def _add_recommend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     i.set_defaults(func=_cmd_info)
 
 
+def _list_text_config(name: str | None) -> TextEncoderConfig | None:
+    """The text encoder of cold-start lists: ``None`` the bundled MiniLM, ``"none"`` none."""
+    if name == "none":
+        return None
+    return TextEncoderConfig(model=name) if name else TextEncoderConfig()
+
+
 def _utc_day(flag: str, value: str | None) -> datetime | None:
     """An ISO date or datetime from the command line; naive means UTC."""
     if not value:
@@ -736,9 +743,7 @@ def _cmd_train_ranker(args: argparse.Namespace) -> int:
         known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
         vectors = encode_product_vectors(
             known,
-            text=None
-            if args.text_model == "none"
-            else TextEncoderConfig(**({"model": args.text_model} if args.text_model else {})),
+            text=_list_text_config(args.text_model),
             image_tower=args.image_tower,
             cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
             device=device,
@@ -916,14 +921,9 @@ def _cmd_distill_ranker(args: argparse.Namespace) -> int:
         tower = args.image_tower or training.get("image_tower")
         known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
         text_model = args.text_model or training.get("text_model")
-        text: TextEncoderConfig | None = TextEncoderConfig()
-        if text_model == "none":
-            text = None
-        elif text_model:
-            text = TextEncoderConfig(model=str(text_model))
         vectors = encode_product_vectors(
             known,
-            text=text,
+            text=_list_text_config(None if text_model is None else str(text_model)),
             image_tower=Path(tower) if tower else None,
             cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
             device=device,
