@@ -18,6 +18,9 @@ method finds the optimum in a few steps. The penalty pulls ``w`` towards a ``pri
 ``l2`` lists, ``(l2 / n_lists) * |w - prior|^2``: with the few dozen validation lists a small
 catalogue gives, the blend stays near the prior unless the lists clearly say otherwise
 (with 18 H&M lists and no prior it overfitted to half the retrieval NDCG on held-out users).
+The prior need not be "retrieval alone": :func:`~.trainer.fit_rerank_blend` first fits the
+features without the ranker on many more lists and uses that as the prior
+(:meth:`Blend.prior_blend` gives it back as a blend of its own).
 Standardising each feature within its list makes the weights comparable across features
 and free of the ranker's logit scale; a feature that is constant within a list contributes
 nothing to it.
@@ -146,6 +149,22 @@ class Blend:
         """The weights by feature name."""
         return dict(zip(self.features, self.weights, strict=True))
 
+    def prior_blend(self) -> Blend | None:
+        """The prior as a blend of its own (same features), or ``None`` when the prior is
+        empty or "retrieval alone" (one feature weighted, so the same order as that feature).
+
+        :func:`~.trainer.blend_for_ranker` fits the prior on the features without the ranker
+        first, so this is "the features blend without the ranker".
+
+        Example:
+            >>> Blend(("ranker", "retrieval", "image"), (0.3, 1.0, 0.2),
+            ...       prior=(0.0, 1.0, 0.1)).prior_blend().weights
+            (0.0, 1.0, 0.1)
+        """
+        if sum(1 for w in self.prior if w != 0) < 2:
+            return None
+        return Blend(self.features, self.prior, fitted_on=f"the prior of: {self.fitted_on}")
+
     def score(self, features: npt.ArrayLike) -> FloatArray:
         """Blended scores of one list's candidates from their raw ``(n, f)`` features."""
         x = standardise(features)
@@ -270,6 +289,7 @@ def fit_blend(
     prior: Sequence[float] | None = None,
     max_iter: int = 100,
     fitted_on: str = "",
+    free: Sequence[str] | None = None,
 ) -> Blend:
     """Fit blend weights on ``lists`` (damped Newton on the convex objective above).
 
@@ -282,6 +302,8 @@ def fit_blend(
         prior: Weights to shrink towards (default: all zero).
         max_iter: Newton iterations at most.
         fitted_on: A description of ``lists`` for the manifest.
+        free: Fit only these features; the others keep their prior weight (``None``: fit
+            all). Few lists can fit one weight where they would overfit five.
 
     Returns:
         The fitted blend.
@@ -299,6 +321,13 @@ def fit_blend(
             "prior weights."
         )
     centre = None if prior is None else np.asarray(prior, dtype=np.float64)
+    if free is not None:
+        unknown = sorted(set(free) - set(names))
+        if unknown or not free:
+            raise ConfigError(
+                f"free must name at least one of the blend features {names!r}, got {list(free)!r}."
+            )
+    mask = np.array([free is None or n in free for n in names])
     data = _prepare(lists, len(names))
     if data.n_lists == 0:
         raise ConfigError(
@@ -309,7 +338,9 @@ def fit_blend(
     w = np.zeros(len(names)) if centre is None else centre.copy()
     loss, grad, hess = _objective(w, data, per_list, centre)
     for _ in range(max_iter):
-        step = np.linalg.solve(hess + 1e-9 * np.eye(len(names)), grad)
+        step = np.zeros(len(names))
+        sub = np.ix_(mask, mask)
+        step[mask] = np.linalg.solve(hess[sub] + 1e-9 * np.eye(int(mask.sum())), grad[mask])
         t = 1.0
         while t > 1e-6:
             candidate = w - t * step
@@ -321,7 +352,7 @@ def fit_blend(
             break
         converged = loss - new_loss < 1e-10
         w, loss, grad, hess = candidate, new_loss, new_grad, new_hess
-        if converged or float(np.abs(grad).max()) < 1e-8:
+        if converged or float(np.abs(grad[mask]).max()) < 1e-8:
             break
     return Blend(
         names,

@@ -10,8 +10,10 @@ it
 2. takes the top ``N`` (for each depth in ``depths``; the ranker scores the deepest list once
    and the shallower lists reuse those scores),
 3. re-orders them by the ranker's raw score, or by a :class:`~.blend.Blend` of the ranker
-   score with the retrieval score and the photo similarity, optionally followed by MMR
-   (:func:`~.mmr.mmr_order`) over the product vectors,
+   score with the retrieval stage's signals (:func:`feature_columns`), optionally followed
+   by MMR (:func:`~.mmr.mmr_order`) over the product vectors; a "features blend" row orders
+   them by the blend's prior, the same features without the ranker, so the ranker's own
+   contribution is the difference between the two rows,
 
 and leaves every item below the top ``N`` in retrieval order, so the two-stage ranking
 differs from retrieval only inside the re-ranked head. The ranker is anything with
@@ -68,6 +70,7 @@ __all__ = [
     "candidate_features",
     "diversity_vectors",
     "encode_product_vectors",
+    "feature_columns",
     "recent_products",
     "rerank_margins",
     "retrieval_method",
@@ -92,8 +95,9 @@ RETRIEVAL_METHODS: Final = (
     "image/mean",
 )
 #: Blend features a two-stage run can supply: the ranker's raw score, the retrieval
-#: method's score, and the photo and text max-similarity to the user's products.
-FEATURES: Final = ("ranker", "retrieval", "image", "text")
+#: method's score, the photo and text max-similarity to the user's products, and the photo
+#: and text similarity to the user's mean vector (the serving index's own query).
+FEATURES: Final = ("ranker", "retrieval", "image", "text", "image-mean", "text-mean")
 
 
 @runtime_checkable
@@ -213,6 +217,32 @@ def encode_product_vectors(
     if not out:
         raise ConfigError("no product vectors: keep the text encoder or pass an image tower.")
     return out
+
+
+def feature_columns(
+    data: EvalData, retrieval: str, vectors: Mapping[str, ProductVectors]
+) -> dict[str, FloatArray]:
+    """Every blend feature but the ranker's, as ``(n_users, n_items)`` matrices.
+
+    ``retrieval`` is the first stage's score (one of :data:`RETRIEVAL_METHODS`); per modality
+    present in ``vectors`` the max-similarity (``image``, ``text``) and the mean-vector
+    similarity (``image-mean``, ``text-mean``). Max-similarity asks "is it like one thing
+    they bought", the mean vector "is it like what they buy overall"; on H&M's pre-cutoff
+    windows the second adds to a max-similarity retrieval (see the README).
+    """
+    columns = {
+        "retrieval": np.asarray(retrieval_method(retrieval, vectors).score(data), dtype=np.float64)
+    }
+    for name in ("image", "text"):
+        if name in vectors:
+            pv = vectors[name]
+            columns[name] = np.asarray(
+                MaxSimilarityMethod(f"{name} / max similarity", pv).score(data), dtype=np.float64
+            )
+            columns[f"{name}-mean"] = np.asarray(
+                MeanVectorMethod(f"{name} / mean user vector", pv).score(data), dtype=np.float64
+            )
+    return columns
 
 
 def diversity_vectors(vectors: Mapping[str, ProductVectors]) -> ProductVectors | None:
@@ -416,12 +446,16 @@ class TwoStageRun:
         return f"retrieval alone ({self.config.retrieval})"
 
     def methods(self) -> list[TwoStageMethod]:
-        """The rows: retrieval alone, then per depth the ranker, the blend, the blend + MMR."""
+        """The rows: retrieval alone, then per depth the ranker, the blend, the blend + MMR,
+        and the blend's features without the ranker (when its prior holds such a blend)."""
         rows = [TwoStageMethod(self, depth=None)]
+        features_only = self.blend is not None and self.blend.prior_blend() is not None
         for depth in self.config.depths:
             rows.append(TwoStageMethod(self, depth=depth))
             if self.blend is not None:
                 rows.append(TwoStageMethod(self, depth=depth, use_blend=True))
+            if features_only:
+                rows.append(TwoStageMethod(self, depth=depth, use_blend=True, features_only=True))
             if self.config.mmr_lambda is not None:
                 rows.append(
                     TwoStageMethod(
@@ -464,14 +498,8 @@ class TwoStageRun:
         if self._scored is not None and self._scored.data is data:
             return self._scored
         config = self.config
-        retrieval = np.asarray(
-            retrieval_method(config.retrieval, data.vectors).score(data), dtype=np.float64
-        )
-        columns = {"retrieval": retrieval}
-        for name in ("image", "text"):
-            if name in data.vectors:
-                method = MaxSimilarityMethod(f"{name} / max similarity", data.vectors[name])
-                columns[name] = np.asarray(method.score(data), dtype=np.float64)
+        columns = feature_columns(data, config.retrieval, data.vectors)
+        retrieval = columns["retrieval"]
         n_users = data.n_users
         if config.max_users is not None and config.max_users < n_users:
             rng = np.random.default_rng(config.seed)
@@ -530,16 +558,18 @@ class TwoStageRun:
         *,
         use_blend: bool,
         mmr_lambda: float | None,
+        features_only: bool = False,
     ) -> IntArray:
         """Item positions of user row ``u``'s re-ranked head, best first."""
         items = scored.top[u][:depth]
         if not len(items):
             return items
         relevance = scored.ranker[u][: len(items)]
-        if use_blend and self.blend is not None:
+        blend = self.blend.prior_blend() if features_only and self.blend else self.blend
+        if use_blend and blend is not None:
             columns = {"ranker": relevance}
             columns.update({k: v[u, items] for k, v in scored.columns.items()})
-            relevance = self.blend.score(candidate_features(columns, self.blend.features))
+            relevance = blend.score(candidate_features(columns, blend.features))
         order = np.argsort(-relevance, kind="stable")
         if mmr_lambda is not None:
             vectors = self._vectors_of(scored, items[order])
@@ -575,13 +605,16 @@ class TwoStageRun:
 class TwoStageMethod:
     """One row of a :class:`TwoStageRun` (a :class:`ColdItemMethod`).
 
-    ``depth=None`` is retrieval alone (the reference row).
+    ``depth=None`` is retrieval alone (the reference row); ``features_only`` orders the head
+    by the blend's prior (its features without the ranker: the ranker's own contribution is
+    the difference between this row and the blend row).
     """
 
     run: TwoStageRun
     depth: int | None
     use_blend: bool = False
     mmr_lambda: float | None = None
+    features_only: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -590,6 +623,8 @@ class TwoStageMethod:
         if self.depth is None:
             return run.reference_name
         how = f"{run.label}+blend" if self.use_blend else run.label
+        if self.features_only:
+            how = f"features blend (no {run.label})"
         if self.mmr_lambda is not None:
             how += f"+MMR({self.mmr_lambda:g})"
         return f"two-stage N={self.depth}: {how}"
@@ -614,6 +649,7 @@ class TwoStageMethod:
                     self.depth,
                     use_blend=self.use_blend,
                     mmr_lambda=self.mmr_lambda,
+                    features_only=self.features_only,
                 )
                 row[head] = 2.0 * n_items - np.arange(len(head), dtype=np.float64)
                 heads.append(head)

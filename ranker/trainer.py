@@ -49,10 +49,13 @@ on the validation lists: per list the confidence is the largest probability and 
 whether that candidate is the positive; lists go into ``ece_bins`` equal-width confidence
 bins and ECE = sum over bins of (share of lists) x |accuracy - mean confidence|.
 
-**Blend.** :func:`fit_rerank_blend` scores the validation users' re-rank lists with the
-trained ranker and fits a :class:`~.blend.Blend` of the ranker score with the retrieval
-score and photo similarity on them; the holdout users' re-rank lists report NDCG@k of the
-retrieval order, the ranker alone and the blend.
+**Blend.** :func:`fit_rerank_blend` fits a :class:`~.blend.Blend` of the ranker score with
+the retrieval stage's own signals (retrieval score, photo max-similarity, photo and text
+similarity to the user's mean vector) in two steps: the features without the ranker on the
+re-rank lists of every user but the holdout ones (hundreds of lists on H&M), then the ranker's
+weight on the validation users' lists (the only ones where the ranker's score is unbiased: a
+few dozen), the other weights kept from the first fit. The holdout users' re-rank lists
+report NDCG@k of the retrieval order, the ranker alone, the features blend and the blend.
 
 NDCG of a training list (one relevant item) is ``1 / log2(1 + rank)`` when ``rank <= k``,
 else 0; tied scores count as the average over the tied positions (so a constant scorer is
@@ -74,7 +77,7 @@ import numpy as np
 import numpy.typing as npt
 
 from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.evaluation.methods import EvalData, MaxSimilarityMethod, ProductVectors
+from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.protocol import parse_cutoff, split_catalog
 from newarrivals.indexer.schema import Catalog, Interaction, Product
 from newarrivals.indexer.store import ProductIndex
@@ -88,8 +91,8 @@ from .context import candidate_text, context_text, encode_texts
 from .evaluation import (
     RETRIEVAL_METHODS,
     candidate_features,
+    feature_columns,
     recent_products,
-    retrieval_method,
     top_candidates,
 )
 from .model import CrossEncoderRanker, softmax
@@ -127,11 +130,12 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-#: Blend features in column order; ``image`` only where photo vectors exist. The text
-#: similarity is left out: the retrieval score already averages it with the photo's, and
-#: three collinear columns fitted on a few dozen lists only add variance.
-BLEND_FEATURES = ("ranker", "retrieval", "image")
-#: The blend's prior: retrieval alone (see :mod:`.blend`).
+#: Blend features in column order; the photo ones only where photo vectors exist. The
+#: text max-similarity is left out: the retrieval score already averages it with the
+#: photo's. The mean-vector similarities ask something the max-similarity retrieval does
+#: not ("like what they buy overall"); on H&M's pre-cutoff windows they lift the blend.
+BLEND_FEATURES = ("ranker", "retrieval", "image", "image-mean", "text-mean")
+#: The prior of the features-only fit: retrieval alone (see :mod:`.blend`).
 BLEND_PRIOR = {"retrieval": 1.0}
 
 
@@ -419,10 +423,10 @@ def build_cold_start_lists(
     moment = parse_cutoff(cutoff)
     rng = np.random.default_rng(config.seed)
     past = [e for e in events if e.timestamp < moment]
-    columns_of = ("retrieval", *(n for n in ("image", "text") if n in vectors))
     lists: list[TrainingList] = []
     rerank: list[RerankList] = []
     report: list[dict[str, Any]] = []
+    columns_of: tuple[str, ...] = ()
     span = timedelta(days=lists_config.window_days)
     for k in range(1, lists_config.windows + 1):
         start, end = moment - k * span, moment - (k - 1) * span
@@ -439,13 +443,9 @@ def build_cold_start_lists(
             report.append({"start": start.isoformat(), "users": 0, "lists": 0})
             continue
         data = EvalData(split=split, products=products, vectors=vectors)
-        retrieval = np.asarray(
-            retrieval_method(lists_config.retrieval, vectors).score(data), dtype=np.float64
-        )
-        columns: dict[str, FloatArray] = {"retrieval": retrieval}
-        for name in columns_of[1:]:
-            method = MaxSimilarityMethod(f"{name} / max similarity", vectors[name])
-            columns[name] = np.asarray(method.score(data), dtype=np.float64)
+        columns = feature_columns(data, lists_config.retrieval, vectors)
+        retrieval = columns["retrieval"]
+        columns_of = tuple(columns)
         position = {pid: i for i, pid in enumerate(split.cold_ids)}
         users = list(range(len(split.test_users)))
         if lists_config.max_users is not None and lists_config.max_users < len(users):
@@ -1040,9 +1040,10 @@ class RerankReport:
     """The blend fitted on validation users' re-rank lists, checked on holdout users'.
 
     NDCG@k on the holdout re-rank lists orders the same candidates (the retrieval top-N)
-    by the retrieval score, the ranker alone, and the blend. :func:`fit_cold_start_ranker`
-    passes only lists whose top-N holds at least one of the user's items, so these NDCGs
-    are conditional on retrieval having found something (higher than the evaluation's).
+    by the retrieval score, the ranker alone, the features blend without the ranker (the
+    blend's prior) and the blend. :func:`fit_cold_start_ranker` passes only lists whose
+    top-N holds at least one of the user's items, so these NDCGs are conditional on
+    retrieval having found something (higher than the evaluation's).
     """
 
     blend: Blend
@@ -1052,25 +1053,31 @@ class RerankReport:
     ndcg_retrieval: float
     ndcg_ranker: float
     ndcg_blend: float
+    n_feature_lists: int = 0
+    ndcg_features: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "blend": self.blend.to_dict(),
             "k": self.k,
             "n_fit_lists": self.n_fit_lists,
+            "n_feature_lists": self.n_feature_lists,
             "n_holdout_lists": self.n_holdout_lists,
             "ndcg_retrieval": self.ndcg_retrieval,
             "ndcg_ranker": self.ndcg_ranker,
+            "ndcg_features": self.ndcg_features,
             "ndcg_blend": self.ndcg_blend,
         }
 
 
 def _blend_lists(
-    lists: Sequence[RerankList], ranker_scores: Sequence[FloatArray], features: Sequence[str]
+    lists: Sequence[RerankList], ranker_scores: Sequence[FloatArray] | None, features: Sequence[str]
 ) -> list[BlendList]:
     out = []
-    for lst, scores in zip(lists, ranker_scores, strict=True):
-        columns = {"ranker": scores, **{k: np.asarray(v) for k, v in lst.features.items()}}
+    for i, lst in enumerate(lists):
+        columns = {k: np.asarray(v) for k, v in lst.features.items()}
+        if ranker_scores is not None:
+            columns["ranker"] = ranker_scores[i]
         out.append(
             BlendList(candidate_features(columns, features), np.asarray(lst.relevant, dtype=bool))
         )
@@ -1086,28 +1093,58 @@ def fit_rerank_blend(
     *,
     k: int = 20,
     l2: float = 20.0,
+    feature_lists: Sequence[RerankList] = (),
 ) -> RerankReport:
     """Fit the blend on ``fit_lists`` (validation users) and check it on ``holdout_lists``.
 
-    The blend is shrunk towards retrieval alone (:data:`BLEND_PRIOR`) with a strength worth
-    ``l2`` lists.
+    Two steps, because the ranker's score is only unbiased on users it was not trained on
+    (a few dozen lists) while the other features are fair on every user's lists:
+
+    1. the features without the ranker are fitted on ``feature_lists`` (any users but the
+       holdout ones), shrunk towards retrieval alone (:data:`BLEND_PRIOR`);
+    2. the ranker's weight is fitted on ``fit_lists``, shrunk towards 0, the other weights
+       kept from step 1 (the blend's ``prior``), each with a strength worth ``l2`` lists.
+
+    Without ``feature_lists`` (or without a second feature) there is no step 1: the whole
+    blend is fitted on ``fit_lists``, shrunk towards retrieval alone.
 
     Raises:
         ConfigError: when no fitting list holds one of the user's products (see
             :func:`~.blend.fit_blend`).
     """
+    side = [f for f in features if f != "ranker"]
+    side_prior = [BLEND_PRIOR.get(f, 0.0) for f in side]
+    n_feature_lists = 0
+    if feature_lists and len(side) > 1:
+        base = fit_blend(
+            _blend_lists(feature_lists, None, side),
+            side,
+            l2=l2,
+            prior=side_prior,
+            fitted_on=f"{len(feature_lists)} re-rank lists of train and validation users",
+        )
+        n_feature_lists = base.n_lists
+        side_prior = list(base.weights)
+        logger.info(
+            "features blend (no ranker) on %d lists: %s",
+            n_feature_lists,
+            {f: round(w, 3) for f, w in base.weight.items()},
+        )
+    by_name = dict(zip(side, side_prior, strict=True))
     fit_scores = _rerank_scores(ranker, fit_lists, products)
     blend = fit_blend(
         _blend_lists(fit_lists, fit_scores, features),
         features,
         l2=l2,
-        prior=[BLEND_PRIOR.get(f, 0.0) for f in features],
+        prior=[by_name.get(f, 0.0) for f in features],
         fitted_on=f"{len(fit_lists)} re-rank lists of validation users",
+        # After step 1 the few validation lists fit only the ranker's weight: refitting all
+        # five on H&M's 18-50 lists undid step 1 (holdout NDCG .150 -> .131).
+        free=("ranker",) if n_feature_lists else None,
     )
     hold_scores = _rerank_scores(ranker, holdout_lists, products)
-    hold_blend = [
-        blend.score(b.features) for b in _blend_lists(holdout_lists, hold_scores, features)
-    ]
+    hold = _blend_lists(holdout_lists, hold_scores, features)
+    prior = blend.prior_blend()
     retrieval = [np.asarray(lst.features["retrieval"]) for lst in holdout_lists]
     report = RerankReport(
         blend=blend,
@@ -1116,14 +1153,21 @@ def fit_rerank_blend(
         n_holdout_lists=len(holdout_lists),
         ndcg_retrieval=rerank_ndcg(retrieval, holdout_lists, k),
         ndcg_ranker=rerank_ndcg(hold_scores, holdout_lists, k),
-        ndcg_blend=rerank_ndcg(hold_blend, holdout_lists, k),
+        ndcg_blend=rerank_ndcg([blend.score(b.features) for b in hold], holdout_lists, k),
+        n_feature_lists=n_feature_lists,
+        ndcg_features=(
+            rerank_ndcg([prior.score(b.features) for b in hold], holdout_lists, k)
+            if prior is not None
+            else float("nan")
+        ),
     )
     logger.info(
-        "blend %s; holdout re-rank NDCG@%d: retrieval %.4f, ranker %.4f, blend %.4f",
+        "blend %s; holdout re-rank NDCG@%d: retrieval %.4f, ranker %.4f, features %.4f, blend %.4f",
         {f: round(w, 3) for f, w in blend.weight.items()},
         k,
         report.ndcg_retrieval,
         report.ndcg_ranker,
+        report.ndcg_features,
         report.ndcg_blend,
     )
     return report
@@ -1220,8 +1264,9 @@ def blend_for_ranker(
     l2: float = 20.0,
 ) -> RerankReport:
     """Fit a blend for ``ranker`` (any :class:`~.base.PairRanker`: the trained cross-encoder
-    or a distilled student) on the validation users' re-rank lists of ``built``, checked on
-    the holdout users' (the same user split as :func:`fit_cold_start_ranker`)."""
+    or a distilled student) on the re-rank lists of ``built``: the features without the
+    ranker on every non-holdout user's lists, the whole blend on the validation users',
+    checked on the holdout users' (the same user split as :func:`fit_cold_start_ranker`)."""
     _, val, holdout = split_three_ways(built.lists, config)
     val_users = {lst.user_id for lst in val}
     hold_users = {lst.user_id for lst in holdout}
@@ -1230,5 +1275,8 @@ def blend_for_ranker(
     found = [r for r in built.rerank if any(r.relevant)]
     fit_lists = [r for r in found if r.user_id in val_users]
     hold_lists = [r for r in found if r.user_id in hold_users]
+    feature_lists = [r for r in found if r.user_id not in hold_users]
     features = tuple(f for f in BLEND_FEATURES if f == "ranker" or f in built.features)
-    return fit_rerank_blend(ranker, fit_lists, hold_lists, products, features, k=k, l2=l2)
+    return fit_rerank_blend(
+        ranker, fit_lists, hold_lists, products, features, k=k, l2=l2, feature_lists=feature_lists
+    )

@@ -123,14 +123,14 @@ def test_cold_start_lists_mirror_the_evaluation_split(shop: ColourShop) -> None:
         shop.events, shop.products, shop.vectors, CUTOFF, TRAIN, LISTS, max_context_items=4
     )
     assert len(built.lists) >= 200
-    assert built.features == ("retrieval", "text")
+    assert built.features == ("retrieval", "text", "text-mean")
     assert [w["lists"] > 0 for w in built.windows] == [True] * 3
     first_sale: dict[str, datetime] = {}
     for e in sorted(shop.events, key=lambda e: e.timestamp):
         first_sale.setdefault(e.product_id, e.timestamp)
     for lst in built.lists:
         assert len(lst.candidate_ids) == TRAIN.list_size == len(set(lst.candidate_ids))
-        assert set(lst.features) == {"retrieval", "text"}
+        assert set(lst.features) == {"retrieval", "text", "text-mean"}
         assert all(len(v) == TRAIN.list_size for v in lst.features.values())
         assert not set(lst.context_ids) & set(lst.candidate_ids)
         # Every candidate is pseudo-cold: unsold before the window, so first sold (if at
@@ -297,11 +297,17 @@ def test_blend_is_fitted_on_validation_rerank_lists(fitted: Fitted) -> None:
     _, _, blend_report, _ = fitted
     assert blend_report is not None
     blend = blend_report.blend
-    # The text similarity is part of the retrieval score; the blend reads the two scores.
-    assert blend.features == ("ranker", "retrieval")
-    assert blend.prior == (0.0, 1.0)  # shrunk towards retrieval alone
+    # The text max-similarity is part of the retrieval score; the mean-vector one is not.
+    assert blend.features == ("ranker", "retrieval", "text-mean")
+    # Step 1 fitted the features without the ranker on more users' lists; step 2 fitted the
+    # ranker's weight only and kept the others.
+    assert blend.prior[0] == 0.0 and blend.prior[1] > 0.0
+    assert blend.weights[1:] == blend.prior[1:]
+    assert blend_report.n_feature_lists > blend_report.n_fit_lists
     assert blend.weight["ranker"] > 0.3
     assert blend_report.ndcg_blend >= blend_report.ndcg_retrieval
+    # Colour is only in the text: the ranker adds what the vector features cannot.
+    assert blend_report.ndcg_blend > blend_report.ndcg_features
 
 
 def test_split_by_user_keeps_users_apart(shop: ColourShop) -> None:
@@ -346,6 +352,15 @@ def test_blend_with_few_lists_stays_near_its_prior() -> None:
     assert 0.0 < shrunk.weight["informative"] < free.weight["informative"]
     with pytest.raises(ConfigError, match="prior"):
         fit_blend(few, ("informative", "noise"), prior=(1.0,))
+
+
+def test_blend_fits_only_the_free_features() -> None:
+    lists = _blend_lists(200, seed=4)
+    blend = fit_blend(lists, ("informative", "noise"), prior=(0.0, 0.7), free=("informative",))
+    assert blend.weight["noise"] == 0.7  # kept at its prior
+    assert blend.weight["informative"] == pytest.approx(2.0, abs=0.5)
+    with pytest.raises(ConfigError, match="free must name"):
+        fit_blend(lists, ("informative", "noise"), free=("photo",))
 
 
 def test_blend_round_trips_and_rejects_bad_input(tmp_path: Path) -> None:

@@ -119,6 +119,39 @@ def test_a_zero_ranker_weight_gives_the_retrieval_order() -> None:
     assert _rank(ranker_only.score(data)) != _rank(reference.score(data))
 
 
+def test_features_blend_row_orders_by_the_prior_without_the_ranker() -> None:
+    data = _data()
+    # The prior weighs the mean-vector similarity only; the fitted blend adds the ranker.
+    blend = Blend(("ranker", "retrieval", "text-mean"), (2.0, 0.0, 1.0), prior=(0.0, 0.0, 1.0))
+    assert blend.prior_blend() is None  # one weighted feature: that feature's own order
+    blend = Blend(("ranker", "retrieval", "text-mean"), (2.0, 0.5, 1.0), prior=(0.0, 0.5, 1.0))
+    run = TwoStageRun(
+        WordRanker("red"),
+        TwoStageConfig(retrieval="text/max", depths=(15,), mmr_lambda=None),
+        blend=blend,
+    )
+    rows = run.methods()
+    assert [m.name for m in rows][2:] == [
+        "two-stage N=15: ranker+blend",
+        "two-stage N=15: features blend (no ranker)",
+    ]
+    features_only = _rank(rows[3].score(data))
+    columns = {
+        "retrieval": retrieval_method("text/max", data.vectors).score(data),
+        "text-mean": retrieval_method("text/mean", data.vectors).score(data),
+    }
+    reference = _rank(rows[0].score(data))
+    prior = blend.prior_blend()
+    assert prior is not None and prior.weights == (0.0, 0.5, 1.0)
+    for u, order in enumerate(features_only):
+        head = reference[u][:15]
+        x = np.stack([np.zeros(15), *(columns[k][u, head] for k in ("retrieval", "text-mean"))])
+        expected = [head[i] for i in np.argsort(-prior.score(x.T), kind="stable")]
+        assert order[:15] == expected
+    # The ranker's word moves the full blend away from the features-only order.
+    assert _rank(rows[2].score(data)) != features_only
+
+
 def test_mmr_row_raises_diversity_and_margins_are_paired() -> None:
     data = _data(n_users=20, seed=3)
     run = TwoStageRun(
