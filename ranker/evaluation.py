@@ -666,7 +666,8 @@ def rerank_margins(
     run: TwoStageRun,
     metrics: Sequence[str] = ("ndcg@20", "recall@20"),
 ) -> list[RerankMargin]:
-    """Each two-stage row minus retrieval alone, paired over the re-ranked users.
+    """Each two-stage row minus retrieval alone, paired over the re-ranked users; then each
+    blend row minus its features blend (the ranker's own contribution), where both exist.
 
     Raises:
         ConfigError: when the run's reference row is not among ``results``.
@@ -678,19 +679,24 @@ def rerank_margins(
             f"no {run.reference_name!r} row among the results; pass run.methods() to evaluate()."
         )
     mask = run.user_mask
+    pairs = [(m.name, reference.name) for m in run.methods()[1:]]
+    for depth in run.config.depths:
+        blended = TwoStageMethod(run, depth=depth, use_blend=True).name
+        features = TwoStageMethod(run, depth=depth, use_blend=True, features_only=True).name
+        pairs.append((blended, features))
     out: list[RerankMargin] = []
-    for method in run.methods()[1:]:
-        result = by_name.get(method.name)
-        if result is None:
+    for name, ref_name in pairs:
+        result, ref = by_name.get(name), by_name.get(ref_name)
+        if result is None or ref is None:
             continue
         for metric in metrics:
             ours = result.per_user.values[metric][mask]
-            base = reference.per_user.values[metric][mask]
+            base = ref.per_user.values[metric][mask]
             diff = ours - base
             out.append(
                 RerankMargin(
-                    method=method.name,
-                    reference=reference.name,
+                    method=name,
+                    reference=ref_name,
                     metric=metric,
                     n_users=int(mask.sum()),
                     method_value=float(ours.mean()),

@@ -452,11 +452,11 @@ def _print_rerank(report: EvaluationReport, run: TwoStageRun, reports: Path) -> 
     from newarrivals.ranker.evaluation import rerank_margins
 
     margins = rerank_margins(report.results, run)
-    print(f"\ntwo-stage vs {run.reference_name}, paired over {run.user_mask.sum()} users:")
+    print(f"\ntwo-stage margins, paired over {run.user_mask.sum()} users:")
     for m in margins:
         print(
             f"  {m.method:<44} {m.metric:<10} {m.method_value:.4f} vs {m.reference_value:.4f}"
-            f"  margin {m.margin:+.4f} (s.e. {m.stderr:.4f})"
+            f"  margin {m.margin:+.4f} (s.e. {m.stderr:.4f})  vs {m.reference}"
         )
     key = f"diversity@{run.config.diversity_k}"
     for name, value in run.diversity.items():

@@ -224,7 +224,8 @@ def test_evaluate_runs_the_two_stage_rows_with_a_real_ranker(
     run = TwoStageRun(
         ranker,
         TwoStageConfig(retrieval="text/max", depths=(10,), mmr_lambda=0.7),
-        blend=Blend(("ranker", "retrieval"), (0.0, 1.0)),
+        # The ranker at weight 0 over a features prior: the blend row is the features row.
+        blend=Blend(("ranker", "retrieval", "text-mean"), (0.0, 1.0, 0.5), prior=(0.0, 1.0, 0.5)),
         label="tiny",
     )
     report = evaluate(
@@ -245,20 +246,21 @@ def test_evaluate_runs_the_two_stage_rows_with_a_real_ranker(
     assert "retrieval alone (text/max)" in names
     assert "two-stage N=10: tiny+blend+MMR(0.7)" in names
     by_name = {r.name: r for r in report.results}
-    # The blend with a zero ranker weight is the retrieval order: identical metrics.
-    assert by_name["two-stage N=10: tiny+blend"].metrics == pytest.approx(
-        by_name["retrieval alone (text/max)"].metrics
-    )
+    blended, features = "two-stage N=10: tiny+blend", "two-stage N=10: features blend (no tiny)"
+    assert by_name[blended].metrics == pytest.approx(by_name[features].metrics)
     assert by_name["retrieval alone (text/max)"].metrics == pytest.approx(
         by_name["text / max similarity"].metrics
     )
     margins = rerank_margins(report.results, run)
     assert {m.metric for m in margins} == {"ndcg@20", "recall@20"}
-    blend_margin = next(
-        m for m in margins if m.method == "two-stage N=10: tiny+blend" and m.metric == "ndcg@20"
-    )
-    assert blend_margin.margin == pytest.approx(0.0) and blend_margin.stderr == pytest.approx(0.0)
-    assert blend_margin.n_users == len(report.results[0].per_user.values["ndcg@20"])
+    ndcg = [m for m in margins if m.metric == "ndcg@20"]
+    assert {m.reference for m in ndcg} == {"retrieval alone (text/max)", features}
+    # The ranker's own contribution (blend minus features blend) is exactly nothing here.
+    own = next(m for m in ndcg if m.method == blended and m.reference == features)
+    assert own.margin == pytest.approx(0.0) and own.stderr == pytest.approx(0.0)
+    assert own.n_users == len(report.results[0].per_user.values["ndcg@20"])
+    versus = next(m for m in ndcg if m.method == blended and m.reference != features)
+    assert versus.method_value == pytest.approx(by_name[blended].metrics["ndcg@20"])
 
 
 def test_cli_trains_a_ranker_and_evaluates_it_in_two_stages(
