@@ -49,11 +49,13 @@ __all__ = [
     "Blend",
     "BlendList",
     "fit_blend",
+    "ranker_alone_warning",
     "standardise",
 ]
 
 BLEND_FILE: Final = "blend.json"
 BLEND_FORMAT_VERSION: Final = 1
+HOLDOUT_KEY: Final = "holdout"
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -207,11 +209,18 @@ class Blend:
             prior=tuple(float(p) for p in data.get("prior", ())),
         )
 
-    def save(self, directory: Path) -> Path:
-        """Write ``blend.json`` into ``directory`` (a ranker artifact); returns the file."""
+    def save(self, directory: Path, *, holdout: Mapping[str, Any] | None = None) -> Path:
+        """Write ``blend.json`` into ``directory`` (a ranker artifact); returns the file.
+
+        ``holdout``: how the orders compared on held-out lists (``ndcg_retrieval``,
+        ``ndcg_ranker``, ...), kept for :func:`ranker_alone_warning`.
+        """
         path = Path(directory) / BLEND_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        data = self.to_dict()
+        if holdout is not None:
+            data[HOLDOUT_KEY] = dict(holdout)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         return path
 
     @classmethod
@@ -221,6 +230,31 @@ class Blend:
         if not path.is_file():
             return None
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def ranker_alone_warning(directory: Path) -> str | None:
+    """A warning when the ranker in ``directory`` ordered its holdout re-rank lists worse on
+    its own than the retrieval order did (as ``train-ranker`` recorded it in ``blend.json``);
+    ``None`` when it did not, or when nothing was recorded.
+
+    Serving re-ranks by the ranker's probabilities alone, so such a ranker is likely to lower
+    the quality of ``rerank=true`` lists.
+    """
+    path = Path(directory) / BLEND_FILE
+    if not path.is_file():
+        return None
+    holdout = json.loads(path.read_text(encoding="utf-8")).get(HOLDOUT_KEY) or {}
+    ranker, retrieval = holdout.get("ndcg_ranker"), holdout.get("ndcg_retrieval")
+    if not isinstance(ranker, int | float) or not isinstance(retrieval, int | float):
+        return None
+    if not ranker < retrieval:
+        return None
+    return (
+        f"the ranker alone ordered its {holdout.get('n_holdout_lists', '?')} holdout re-rank "
+        f"lists at NDCG@{holdout.get('k', '?')} {ranker:.3f} against {retrieval:.3f} for the "
+        "retrieval order: rerank=true is likely to lower quality with it (the blend that "
+        "recovers retrieval is evaluation-only); keep rerank off or train a better ranker."
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -71,6 +71,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -1055,6 +1056,11 @@ class RerankReport:
     ndcg_blend: float
     n_feature_lists: int = 0
     ndcg_features: float = float("nan")
+
+    def save(self, directory: Path) -> Path:
+        """Write the blend with these holdout figures as ``blend.json`` into ``directory``."""
+        figures = {k: v for k, v in self.to_dict().items() if k != "blend"}
+        return self.blend.save(directory, holdout=figures)
 
     def to_dict(self) -> dict[str, Any]:
         return {

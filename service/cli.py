@@ -769,7 +769,7 @@ def _cmd_train_ranker(args: argparse.Namespace) -> int:
     out = ranker.save(args.out, extra={**extra, **summary, "history": report.to_dict()["history"]})
     result: dict[str, object] = {"artifact": str(out), **summary}
     if blend is not None:
-        blend.blend.save(out)
+        blend.save(out)
         result["blend"] = blend.to_dict()
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -801,7 +801,7 @@ def _blend_only(
         max_context_items=ranker.config.max_context_items,
     )
     blend = blend_for_ranker(ranker, built, products, train_config)
-    path = blend.blend.save(args.out)
+    path = blend.save(args.out)
     print(json.dumps({"blend_file": str(path), **blend.to_dict()}, indent=2))
     return 0
 

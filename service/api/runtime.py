@@ -96,6 +96,8 @@ class Runtime:
         self.journal = Journal(settings.journal_path)
         self.device = resolve_device(settings.device)
         self.ranker: Ranker | None = None
+        # Why re-ranking with the loaded ranker may hurt (from its training's holdout).
+        self.ranker_note: str | None = None
         self.load_error: str | None = None
         self.started_at = time.time()
         self._state: ServingState | None = None
@@ -134,11 +136,15 @@ class Runtime:
         """Load the ranker and the index version, replay the journal, publish the state."""
         try:
             if self.settings.ranker is not None:
+                from newarrivals.ranker.blend import ranker_alone_warning
                 from newarrivals.ranker.runtime import load_ranker
 
                 self.ranker = load_ranker(
                     self.settings.ranker, device=self.device, threads=self.settings.threads
                 )
+                self.ranker_note = ranker_alone_warning(self.settings.ranker)
+                if self.ranker_note:
+                    logger.warning("ranker %s: %s", self.settings.ranker, self.ranker_note)
             self._swap_in(self._target_version())
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"

@@ -507,6 +507,11 @@ class VersionPublic(BaseModel):
     users: int
     journal_seq: int
     ranker_loaded: bool
+    ranker_note: str | None = Field(
+        default=None,
+        description="Set when the loaded ranker alone ordered its holdout lists worse than "
+        "retrieval did: re-ranking with it is likely to lower quality.",
+    )
     manifest: dict[str, Any]
 
 

@@ -14,7 +14,13 @@ from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.methods import ProductVectors
 from newarrivals.indexer.schema import EventType, Interaction, Product
 from newarrivals.ranker import CrossEncoderRanker, RankerConfig, RankerTrainConfig
-from newarrivals.ranker.blend import Blend, BlendList, fit_blend, standardise
+from newarrivals.ranker.blend import (
+    Blend,
+    BlendList,
+    fit_blend,
+    ranker_alone_warning,
+    standardise,
+)
 from newarrivals.ranker.trainer import (
     ColdStartListConfig,
     ColdStartLists,
@@ -291,6 +297,23 @@ def test_temperature_is_fitted_on_validation_and_lowers_holdout_nll(
     assert "holdout" in report.ece_kind
     assert report.nll_after_temperature < report.nll_before_temperature
     assert 0.0 <= report.ece_after_temperature <= 1.0
+
+
+def test_blend_file_keeps_the_holdout_check_and_warns_on_a_losing_ranker(
+    fitted: Fitted, tmp_path: Path
+) -> None:
+    _, _, blend_report, _ = fitted
+    assert blend_report is not None
+    path = blend_report.save(tmp_path / "good")
+    assert Blend.load(path.parent) == blend_report.blend
+    # This ranker reads the colour retrieval cannot see: no warning.
+    assert ranker_alone_warning(path.parent) is None
+    losing = replace(blend_report, ndcg_ranker=blend_report.ndcg_retrieval - 0.05)
+    note = ranker_alone_warning(losing.save(tmp_path / "bad").parent)
+    assert note is not None and f"{blend_report.ndcg_retrieval:.3f}" in note
+    blend_report.blend.save(tmp_path / "old")  # no holdout recorded: nothing to say
+    assert ranker_alone_warning(tmp_path / "old") is None
+    assert ranker_alone_warning(tmp_path / "nowhere") is None
 
 
 def test_blend_is_fitted_on_validation_rerank_lists(fitted: Fitted) -> None:

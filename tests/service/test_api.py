@@ -448,6 +448,25 @@ def ranker_dir(tmp_path_factory: pytest.TempPathFactory, tiny_text_model_dir: Pa
     return out
 
 
+def test_a_ranker_that_lost_to_retrieval_on_holdout_is_flagged(
+    open_client: Opener, ranker_dir: Path, tmp_path: Path, auth: dict[str, str]
+) -> None:
+    import shutil
+
+    from newarrivals.ranker.blend import Blend
+
+    client = open_client(ranker=ranker_dir)
+    version = client.get("/v1/admin/version", headers=auth).json()
+    assert version["ranker_loaded"] is True and version["ranker_note"] is None
+    weak = tmp_path / "weak-ranker"
+    shutil.copytree(ranker_dir, weak)
+    holdout = {"k": 20, "n_holdout_lists": 18, "ndcg_retrieval": 0.129, "ndcg_ranker": 0.061}
+    Blend(("ranker", "retrieval"), (0.05, 0.4)).save(weak, holdout=holdout)
+    version = open_client(ranker=weak).get("/v1/admin/version", headers=auth).json()
+    note = version["ranker_note"]
+    assert note is not None and "0.061 against 0.129" in note and "rerank" in note
+
+
 def test_rerank_gives_probabilities_over_the_list(open_client: Opener, ranker_dir: Path) -> None:
     client = open_client(ranker=ranker_dir, rerank_depth=10)
     plain = client.get("/v1/users/U00004/recommendations", params={"k": 10}).json()

@@ -76,5 +76,6 @@ def version(runtime: RuntimeDep, state: StateDep) -> VersionPublic:
         users=users,
         journal_seq=seq,
         ranker_loaded=runtime.ranker is not None,
+        ranker_note=runtime.ranker_note,
         manifest=manifest,
     )
