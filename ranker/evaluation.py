@@ -96,7 +96,7 @@ RETRIEVAL_METHODS: Final = (
 )
 #: Blend features a two-stage run can supply: the ranker's raw score, the retrieval
 #: method's score, the photo and text max-similarity to the user's products, and the photo
-#: and text similarity to the user's mean vector (the serving index's own query).
+#: and text similarity to the user's mean vector (the kind of query the serving index runs).
 FEATURES: Final = ("ranker", "retrieval", "image", "text", "image-mean", "text-mean")
 
 
