@@ -435,6 +435,7 @@ class TwoStageRun:
         self.ranker = ranker
         self.config = config
         self.blend = blend
+        self.features_blend = blend.prior_blend() if blend is not None else None
         self.label = label
         self.diversity: dict[str, float] = {}
         self._scored: _Scored | None = None
@@ -449,7 +450,7 @@ class TwoStageRun:
         """The rows: retrieval alone, then per depth the ranker, the blend, the blend + MMR,
         and the blend's features without the ranker (when its prior holds such a blend)."""
         rows = [TwoStageMethod(self, depth=None)]
-        features_only = self.blend is not None and self.blend.prior_blend() is not None
+        features_only = self.features_blend is not None
         for depth in self.config.depths:
             rows.append(TwoStageMethod(self, depth=depth))
             if self.blend is not None:
@@ -565,7 +566,7 @@ class TwoStageRun:
         if not len(items):
             return items
         relevance = scored.ranker[u][: len(items)]
-        blend = self.blend.prior_blend() if features_only and self.blend else self.blend
+        blend = self.features_blend if features_only else self.blend
         if use_blend and blend is not None:
             columns = {"ranker": relevance}
             columns.update({k: v[u, items] for k, v in scored.columns.items()})
