@@ -226,10 +226,17 @@ class Blend:
     @classmethod
     def load(cls, directory: Path) -> Blend | None:
         """The blend stored in ``directory``, or ``None`` when it holds none."""
-        path = Path(directory) / BLEND_FILE
-        if not path.is_file():
-            return None
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        data = _read(directory)
+        return None if data is None else cls.from_dict(data)
+
+
+def _read(directory: Path) -> dict[str, Any] | None:
+    """``blend.json`` of ``directory`` as JSON, or ``None`` when there is none."""
+    path = Path(directory) / BLEND_FILE
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
 
 
 def ranker_alone_warning(directory: Path) -> str | None:
@@ -240,10 +247,7 @@ def ranker_alone_warning(directory: Path) -> str | None:
     Serving re-ranks by the ranker's probabilities alone, so such a ranker is likely to lower
     the quality of ``rerank=true`` lists.
     """
-    path = Path(directory) / BLEND_FILE
-    if not path.is_file():
-        return None
-    holdout = json.loads(path.read_text(encoding="utf-8")).get(HOLDOUT_KEY) or {}
+    holdout = (_read(directory) or {}).get(HOLDOUT_KEY) or {}
     ranker, retrieval = holdout.get("ndcg_ranker"), holdout.get("ndcg_retrieval")
     if not isinstance(ranker, int | float) or not isinstance(retrieval, int | float):
         return None

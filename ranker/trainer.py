@@ -1080,10 +1080,11 @@ def _blend_lists(
     lists: Sequence[RerankList], ranker_scores: Sequence[FloatArray] | None, features: Sequence[str]
 ) -> list[BlendList]:
     out = []
-    for i, lst in enumerate(lists):
+    scores_of = ranker_scores if ranker_scores is not None else [None] * len(lists)
+    for lst, scores in zip(lists, scores_of, strict=True):
         columns = {k: np.asarray(v) for k, v in lst.features.items()}
-        if ranker_scores is not None:
-            columns["ranker"] = ranker_scores[i]
+        if scores is not None:
+            columns["ranker"] = scores
         out.append(
             BlendList(candidate_features(columns, features), np.asarray(lst.relevant, dtype=bool))
         )

@@ -8,7 +8,8 @@ worker thread so it never holds up the loop.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVarTuple
 
 import anyio
 from fastapi import APIRouter, Path, Query
@@ -23,6 +24,18 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 
 UserId = Annotated[str, Path(min_length=1, max_length=256, examples=["U00001"])]
+Args = TypeVarTuple("Args")
+
+
+async def _answer(
+    rerank: bool,
+    query: Callable[[*Args], RecommendationsPublic],
+    *args: *Args,
+) -> RecommendationsPublic:
+    """``query(*args)``: in a worker thread when it re-ranks, else on the loop."""
+    if rerank:
+        return await anyio.to_thread.run_sync(query, *args)
+    return query(*args)
 
 
 @router.get(
@@ -45,11 +58,9 @@ async def user_recommendations(
     flagged with ``"fallback": true``. With ``rerank`` the ranker re-scores the top
     ``rerank_depth`` candidates and each item carries its probability."""
     check_limit(("query", "k"), params.k, settings.max_k, "NEWARRIVALS_MAX_K")
-    if params.rerank:
-        return await anyio.to_thread.run_sync(
-            queries.recommend_for_user, runtime, state, user_id, params, clock()
-        )
-    return queries.recommend_for_user(runtime, state, user_id, params, clock())
+    return await _answer(
+        params.rerank, queries.recommend_for_user, runtime, state, user_id, params, clock()
+    )
 
 
 @router.post(
@@ -69,8 +80,4 @@ async def session_recommendations(
     events (newest first). Ids that are not indexed are ignored and listed in
     ``ignored_product_ids``; with none left the fallback answers."""
     check_limit(("body", "k"), body.k, settings.max_k, "NEWARRIVALS_MAX_K")
-    if body.rerank:
-        return await anyio.to_thread.run_sync(
-            queries.recommend_for_session, runtime, state, body, clock()
-        )
-    return queries.recommend_for_session(runtime, state, body, clock())
+    return await _answer(body.rerank, queries.recommend_for_session, runtime, state, body, clock())
