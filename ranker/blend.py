@@ -49,7 +49,7 @@ __all__ = [
     "Blend",
     "BlendList",
     "fit_blend",
-    "ranker_alone_warning",
+    "holdout_warning",
     "standardise",
 ]
 
@@ -117,6 +117,8 @@ class Blend:
         n_lists: How many lists it was fitted on.
         prior: The weights the penalty pulled towards (empty: zeros).
         fitted_on: A short description of the fitting lists (for the manifest).
+        retrieval: The first stage whose score is the ``retrieval`` feature (e.g.
+            ``fused-concat/mean``, the serving index's own); "" when not recorded.
 
     Example:
         >>> blend = Blend(("ranker", "retrieval"), (0.0, 1.0))
@@ -130,6 +132,7 @@ class Blend:
     n_lists: int = 0
     fitted_on: str = ""
     prior: tuple[float, ...] = ()
+    retrieval: str = ""
 
     def __post_init__(self) -> None:
         names = tuple(self.features)
@@ -165,7 +168,12 @@ class Blend:
         """
         if sum(1 for w in self.prior if w != 0) < 2:
             return None
-        return Blend(self.features, self.prior, fitted_on=f"the prior of: {self.fitted_on}")
+        return Blend(
+            self.features,
+            self.prior,
+            fitted_on=f"the prior of: {self.fitted_on}",
+            retrieval=self.retrieval,
+        )
 
     def score(self, features: npt.ArrayLike) -> FloatArray:
         """Blended scores of one list's candidates from their raw ``(n, f)`` features."""
@@ -191,6 +199,7 @@ class Blend:
             "n_lists": self.n_lists,
             "fitted_on": self.fitted_on,
             "prior": list(self.prior),
+            "retrieval": self.retrieval,
         }
 
     @classmethod
@@ -207,13 +216,14 @@ class Blend:
             n_lists=int(data.get("n_lists", 0)),
             fitted_on=str(data.get("fitted_on", "")),
             prior=tuple(float(p) for p in data.get("prior", ())),
+            retrieval=str(data.get("retrieval", "")),
         )
 
     def save(self, directory: Path, *, holdout: Mapping[str, Any] | None = None) -> Path:
         """Write ``blend.json`` into ``directory`` (a ranker artifact); returns the file.
 
         ``holdout``: how the orders compared on held-out lists (``ndcg_retrieval``,
-        ``ndcg_ranker``, ...), kept for :func:`ranker_alone_warning`.
+        ``ndcg_ranker``, ...), kept for :func:`holdout_warning`.
         """
         path = Path(directory) / BLEND_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,25 +249,29 @@ def _read(directory: Path) -> dict[str, Any] | None:
     return data
 
 
-def ranker_alone_warning(directory: Path) -> str | None:
-    """A warning when the ranker in ``directory`` ordered its holdout re-rank lists worse on
-    its own than the retrieval order did (as ``train-ranker`` recorded it in ``blend.json``);
+def holdout_warning(directory: Path, *, blended: bool = False, why_not: str = "") -> str | None:
+    """A warning when the order serving will use lost to the retrieval order on the
+    ranker's holdout re-rank lists (as ``train-ranker`` recorded them in ``blend.json``);
     ``None`` when it did not, or when nothing was recorded.
 
-    Serving re-ranks by the ranker's probabilities alone, so such a ranker is likely to lower
-    the quality of ``rerank=true`` lists.
+    Args:
+        directory: The ranker artifact.
+        blended: Serving re-ranks by the blend (else by the ranker's probabilities alone).
+        why_not: Why the blend is not applied (said in the warning).
     """
     holdout = (_read(directory) or {}).get(HOLDOUT_KEY) or {}
-    ranker, retrieval = holdout.get("ndcg_ranker"), holdout.get("ndcg_retrieval")
-    if not isinstance(ranker, int | float) or not isinstance(retrieval, int | float):
+    key, what = ("ndcg_blend", "the blend") if blended else ("ndcg_ranker", "the ranker alone")
+    ours, retrieval = holdout.get(key), holdout.get("ndcg_retrieval")
+    if not isinstance(ours, int | float) or not isinstance(retrieval, int | float):
         return None
-    if not ranker < retrieval:
+    if not ours < retrieval:
         return None
+    blend_says = "" if blended or not why_not else f" The blend is not applied: {why_not}."
     return (
-        f"the ranker alone ordered its {holdout.get('n_holdout_lists', '?')} holdout re-rank "
-        f"lists at NDCG@{holdout.get('k', '?')} {ranker:.3f} against {retrieval:.3f} for the "
-        "retrieval order: rerank=true is likely to lower quality with it (the blend that "
-        "recovers retrieval is evaluation-only); keep rerank off or train a better ranker."
+        f"{what} ordered its {holdout.get('n_holdout_lists', '?')} holdout re-rank lists at "
+        f"NDCG@{holdout.get('k', '?')} {ours:.3f} against {retrieval:.3f} for the retrieval "
+        "order: rerank=true is likely to lower quality with it; keep rerank off or train a "
+        f"better ranker.{blend_says}"
     )
 
 
@@ -328,6 +342,7 @@ def fit_blend(
     max_iter: int = 100,
     fitted_on: str = "",
     free: Sequence[str] | None = None,
+    retrieval: str = "",
 ) -> Blend:
     """Fit blend weights on ``lists`` (damped Newton on the convex objective above).
 
@@ -342,6 +357,7 @@ def fit_blend(
         fitted_on: A description of ``lists`` for the manifest.
         free: Fit only these features; the others keep their prior weight (``None``: fit
             all). Few lists can fit one weight where they would overfit five.
+        retrieval: The first stage the ``retrieval`` feature came from (recorded only).
 
     Returns:
         The fitted blend.
@@ -399,4 +415,5 @@ def fit_blend(
         n_lists=data.n_lists,
         fitted_on=fitted_on,
         prior=() if centre is None else tuple(centre.tolist()),
+        retrieval=retrieval,
     )

@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode, fuse
 from newarrivals.indexer.encoders.text import TextEncoderConfig
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import (
@@ -68,6 +69,7 @@ __all__ = [
     "TwoStageMethod",
     "TwoStageRun",
     "candidate_features",
+    "concat_vectors",
     "diversity_vectors",
     "encode_product_vectors",
     "feature_columns",
@@ -86,6 +88,8 @@ BoolArray = npt.NDArray[np.bool_]
 #: ``variant/scoring`` names of the retrieval methods a two-stage run can start from.
 RETRIEVAL_METHODS: Final = (
     "fused-late/max",
+    "fused-concat/mean",
+    "fused-concat/max",
     "fused-late/mean",
     "fused-centred/max",
     "fused-centred/mean",
@@ -123,12 +127,46 @@ def _variant(name: str, vectors: Mapping[str, ProductVectors]) -> ProductVectors
                 "choose another --retrieval."
             )
         return found
+    if name == "fused-concat":
+        return concat_vectors(vectors)
     if text is None or image is None:
         raise ConfigError(
             f"{name} retrieval needs text and image vectors, the run has {sorted(vectors)}; "
             "pass --image-tower or choose text/max (or image/max)."
         )
     return fuse_vectors(text, image, centre=True)
+
+
+def concat_vectors(
+    vectors: Mapping[str, ProductVectors], fusion: FusionConfig | None = None
+) -> ProductVectors:
+    """The serving index's own product vectors: ``[w_t t, w_i i]`` renormalised
+    (:func:`~newarrivals.indexer.encoders.fuse`, default weights), so ``fused-concat/mean``
+    scores the cold items as ``newarrivals serve`` retrieves them (a user's weighted mean
+    vector, inner product). Either modality may be missing.
+    """
+    fusion = fusion or FusionConfig()
+    if fusion.mode is not FusionMode.CONCAT:
+        raise ConfigError(f"concat_vectors needs a concat fusion, got {fusion.mode.value!r}.")
+    text, image = vectors.get("text"), vectors.get("image")
+    first = text if text is not None else image
+    if first is None:
+        raise ConfigError("fused-concat retrieval needs text or image vectors; the run has none.")
+    ids = first.product_ids
+    if image is not None and list(image.product_ids) != list(ids):
+        raise ConfigError("text and image vectors must cover the same products in one order.")
+    fused = fuse(
+        fusion,
+        None if text is None else text.vectors,
+        None if text is None else text.present,
+        None if image is None else image.vectors,
+        None if image is None else image.present,
+    )
+    present = np.zeros(len(ids), dtype=bool)
+    for pv in (text, image):
+        if pv is not None:
+            present |= pv.present
+    return ProductVectors(ids, fused.astype(np.float32), present)
 
 
 def retrieval_method(name: str, vectors: Mapping[str, ProductVectors]) -> ColdItemMethod:
@@ -177,12 +215,7 @@ def encode_product_vectors(
         progress: Progress bars.
     """
     from newarrivals.indexer.build import encode_products
-    from newarrivals.indexer.encoders import (
-        FusionConfig,
-        ImageEncoder,
-        ImageEncoderConfig,
-        TextEncoder,
-    )
+    from newarrivals.indexer.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder
 
     ids = [p.product_id for p in products]
     out: dict[str, ProductVectors] = {}

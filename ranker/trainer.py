@@ -107,6 +107,7 @@ __all__ = [
     "RerankList",
     "RerankReport",
     "TrainingList",
+    "blend_features",
     "blend_for_ranker",
     "build_cold_start_lists",
     "build_training_lists",
@@ -136,6 +137,16 @@ IntArray = npt.NDArray[np.int64]
 #: photo's. The mean-vector similarities ask something the max-similarity retrieval does
 #: not ("like what they buy overall"); on H&M's pre-cutoff windows they lift the blend.
 BLEND_FEATURES = ("ranker", "retrieval", "image", "image-mean", "text-mean")
+#: After a mean-vector first stage (the serving index's ``fused-concat/mean``) the
+#: max-similarities are what the retrieval score lacks, the text one included.
+BLEND_FEATURES_AFTER_MEAN = ("ranker", "retrieval", "image", "text", "image-mean", "text-mean")
+
+
+def blend_features(retrieval: str) -> tuple[str, ...]:
+    """The blend's features after the first stage ``retrieval`` (before dropping those the
+    vectors cannot give)."""
+    return BLEND_FEATURES_AFTER_MEAN if retrieval.endswith("/mean") else BLEND_FEATURES
+
 #: The prior of the features-only fit: retrieval alone (see :mod:`.blend`).
 BLEND_PRIOR = {"retrieval": 1.0}
 
@@ -380,12 +391,15 @@ class ColdStartLists:
         rerank: One re-rank list per (window, user).
         features: The side features the lists carry, in blend column order.
         windows: Per window: its start, pool size, users and lists (for the report).
+        retrieval: The first stage that ordered the re-rank lists and gave their
+            ``retrieval`` feature (one of :data:`~.evaluation.RETRIEVAL_METHODS`).
     """
 
     lists: list[TrainingList]
     rerank: list[RerankList]
     features: tuple[str, ...]
     windows: list[dict[str, Any]]
+    retrieval: str = ""
 
 
 def _feature_rows(
@@ -531,7 +545,7 @@ def build_cold_start_lists(
             f"({lists_config.windows} windows of {lists_config.window_days:g} days); use "
             "shorter windows, fewer of them, or a later cutoff."
         )
-    return ColdStartLists(lists, rerank, columns_of, report)
+    return ColdStartLists(lists, rerank, columns_of, report, retrieval=lists_config.retrieval)
 
 
 def split_by_user(
@@ -1101,6 +1115,7 @@ def fit_rerank_blend(
     k: int = 20,
     l2: float = 20.0,
     feature_lists: Sequence[RerankList] = (),
+    retrieval: str = "",
 ) -> RerankReport:
     """Fit the blend on ``fit_lists`` (validation users) and check it on ``holdout_lists``.
 
@@ -1114,6 +1129,10 @@ def fit_rerank_blend(
 
     Without ``feature_lists`` (or without a second feature) there is no step 1: the whole
     blend is fitted on ``fit_lists``, shrunk towards retrieval alone.
+
+    ``retrieval`` names the first stage the lists' ``retrieval`` feature came from; the
+    blend records it, because its weights hold only for that first stage (serving applies a
+    blend only when it matches the index's own fusion).
 
     Raises:
         ConfigError: when no fitting list holds one of the user's products (see
@@ -1148,17 +1167,18 @@ def fit_rerank_blend(
         # After step 1 the few validation lists fit only the ranker's weight: refitting all
         # five on H&M's 18-50 lists undid step 1 (holdout NDCG .150 -> .131).
         free=("ranker",) if n_feature_lists else None,
+        retrieval=retrieval,
     )
     hold_scores = _rerank_scores(ranker, holdout_lists, products)
     hold = _blend_lists(holdout_lists, hold_scores, features)
     prior = blend.prior_blend()
-    retrieval = [np.asarray(lst.features["retrieval"]) for lst in holdout_lists]
+    first_stage = [np.asarray(lst.features["retrieval"]) for lst in holdout_lists]
     report = RerankReport(
         blend=blend,
         k=k,
         n_fit_lists=len(fit_lists),
         n_holdout_lists=len(holdout_lists),
-        ndcg_retrieval=rerank_ndcg(retrieval, holdout_lists, k),
+        ndcg_retrieval=rerank_ndcg(first_stage, holdout_lists, k),
         ndcg_ranker=rerank_ndcg(hold_scores, holdout_lists, k),
         ndcg_blend=rerank_ndcg([blend.score(b.features) for b in hold], holdout_lists, k),
         n_feature_lists=n_feature_lists,
@@ -1283,7 +1303,16 @@ def blend_for_ranker(
     fit_lists = [r for r in found if r.user_id in val_users]
     hold_lists = [r for r in found if r.user_id in hold_users]
     feature_lists = [r for r in found if r.user_id not in hold_users]
-    features = tuple(f for f in BLEND_FEATURES if f == "ranker" or f in built.features)
+    wanted = blend_features(built.retrieval)
+    features = tuple(f for f in wanted if f == "ranker" or f in built.features)
     return fit_rerank_blend(
-        ranker, fit_lists, hold_lists, products, features, k=k, l2=l2, feature_lists=feature_lists
+        ranker,
+        fit_lists,
+        hold_lists,
+        products,
+        features,
+        k=k,
+        l2=l2,
+        feature_lists=feature_lists,
+        retrieval=built.retrieval,
     )

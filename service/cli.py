@@ -368,7 +368,8 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     r.add_argument(
         "--rerank-retrieval",
         default="fused-late/max",
-        help="first stage: fused-late/max (default; needs --image-tower), text/max, ...",
+        help="first stage: fused-late/max (default; needs --image-tower), fused-concat/mean "
+        "(what the serving index retrieves), text/max, ...",
     )
     r.add_argument(
         "--rerank-users", type=int, default=None, help="re-rank a seeded sample of test users"
@@ -611,7 +612,8 @@ def _add_train_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--retrieval",
         default="fused-late/max",
         help="first stage hard negatives come from (cold-start): fused-late/max (default), "
-        "text/max, image/max, fused-centred/mean, ...",
+        "fused-concat/mean (the serving index's own; a blend fitted after it is the one "
+        "`serve` applies to rerank=true), text/max, image/max, fused-centred/mean, ...",
     )
     p.add_argument("--windows", type=int, default=4, help="pseudo cold-start windows")
     p.add_argument("--window-days", type=float, default=91.0, help="days per window")

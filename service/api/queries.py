@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
 from newarrivals.indexer.schema import EventType, Interaction, Product
 from newarrivals.indexer.store import Candidate, SearchFilter
 from newarrivals.indexer.users import UserVectors
+from newarrivals.ranker.base import softmax
 
 from .runtime import EncodedProduct, Runtime
 from .schemas import (
@@ -34,6 +36,9 @@ from .schemas import (
     UserRecommendationQuery,
 )
 from .state import ServingState
+
+if TYPE_CHECKING:
+    from newarrivals.ranker.online import RequestBlend
 
 __all__ = [
     "RankerMissingError",
@@ -64,6 +69,16 @@ def search_filter(params: FilterFields, now: datetime, exclude: Iterable[str] = 
 
 
 @dataclass(frozen=True)
+class _BlendInputs:
+    """What the blend reads besides the ranker's scores, copied out of the locked state."""
+
+    blend: RequestBlend
+    candidates: np.ndarray  # (n, dim) fused vectors, in candidate order
+    recent: np.ndarray  # (h, dim) fused vectors of the user's recent products
+    user: np.ndarray | None  # the user's own vector; None for the cold-user fallback
+
+
+@dataclass(frozen=True)
 class _Retrieved:
     """Candidates and everything needed to answer, copied out of the locked state."""
 
@@ -72,6 +87,7 @@ class _Retrieved:
     reasons: dict[str, ReasonPublic]
     context: list[Product]
     index_version: str
+    blend: _BlendInputs | None = None
 
 
 def _reasons(
@@ -106,17 +122,31 @@ def _retrieve(
     depth: int,
     flt: SearchFilter,
     recent: Sequence[str],
+    *,
+    user: np.ndarray | None,
+    rerank: bool,
 ) -> _Retrieved:
-    """Search, then copy out metadata and reasons (read lock held by the caller)."""
+    """Search, then copy out metadata, reasons and, when the re-rank will blend, the
+    vectors the blend reads (read lock held by the caller)."""
     candidates = state.store.search(query[None, :].astype(np.float32), depth, flt)[0]
     products = {c.product_id: state.products[c.product_id] for c in candidates}
     context = [state.products[p] for p in recent if p in state.products]
+    blend = None
+    if rerank and state.rerank_blend is not None and candidates:
+        live = [p for p in recent if p in state.store]
+        blend = _BlendInputs(
+            blend=state.rerank_blend,
+            candidates=state.store.vectors_for([c.product_id for c in candidates]),
+            recent=state.store.vectors_for(live) if live else np.zeros((0, state.store.dim)),
+            user=user,
+        )
     return _Retrieved(
         candidates=candidates,
         products=products,
         reasons=_reasons(state, candidates, recent),
         context=context,
         index_version=state.version.version,
+        blend=blend,
     )
 
 
@@ -125,6 +155,7 @@ def _items(
 ) -> list[RecommendationItemPublic]:
     """Re-rank (outside the state lock) and shape the top ``k``."""
     probability: dict[str, float] = {}
+    blended: dict[str, float] = {}
     ordered = got.candidates
     if rerank and got.candidates:
         ranker = runtime.ranker
@@ -136,6 +167,21 @@ def _items(
         by_id = {c.product_id: c for c in got.candidates}
         ordered = [by_id[r.product_id] for r in ranked]
         probability = {r.product_id: r.probability for r in ranked}
+        if got.blend is not None:
+            raw = {r.product_id: r.raw_score for r in ranked}
+            b = got.blend
+            scores = b.blend.score(
+                [raw[c.product_id] for c in got.candidates],
+                b.candidates,
+                [c.score for c in got.candidates],
+                b.recent,
+                b.user,
+            )
+            chance = softmax(scores)
+            blended = {c.product_id: float(chance[i]) for i, c in enumerate(got.candidates)}
+            # A stable sort keeps the retrieval order among equal blend scores.
+            order = np.argsort(-scores, kind="stable")
+            ordered = [got.candidates[i] for i in order.tolist()]
     items = []
     for c in ordered[:k]:
         p = got.products[c.product_id]
@@ -148,10 +194,17 @@ def _items(
                 launched_at=p.launched_at,
                 retrieval_score=c.score,
                 ranker_probability=probability.get(c.product_id),
+                blend_probability=blended.get(c.product_id),
                 reason=got.reasons.get(c.product_id),
             )
         )
     return items
+
+
+def _reranked_by(got: _Retrieved, rerank: bool) -> Literal["blend", "ranker"] | None:
+    if not rerank:
+        return None
+    return "blend" if got.blend is not None else "ranker"
 
 
 def _require_ranker(runtime: Runtime, rerank: bool) -> None:
@@ -184,12 +237,13 @@ def recommend_for_user(
         fallback = vector is None
         query = state.fallback.vector if vector is None else vector
         recent = list(st.recent) if st is not None else []
-        got = _retrieve(state, query, depth, flt, recent)
+        got = _retrieve(state, query, depth, flt, recent, user=vector, rerank=params.rerank)
     return RecommendationsPublic(
         user_id=user_id,
         fallback=fallback,
         fallback_reason=f"cold user: {state.fallback.rule}" if fallback else None,
         reranked=params.rerank,
+        reranked_by=_reranked_by(got, params.rerank),
         index_version=got.index_version,
         items=_items(runtime, got, params.k, params.rerank),
     )
@@ -229,12 +283,13 @@ def recommend_for_session(
         flt = search_filter(body, now, skip)
         query = state.fallback.vector if vector is None else vector
         recent = list(st.recent) if st is not None else []
-        got = _retrieve(state, query, depth, flt, recent)
+        got = _retrieve(state, query, depth, flt, recent, user=vector, rerank=body.rerank)
     return RecommendationsPublic(
         user_id=None,
         fallback=vector is None,
         fallback_reason=f"empty session: {state.fallback.rule}" if vector is None else None,
         reranked=body.rerank,
+        reranked_by=_reranked_by(got, body.rerank),
         index_version=got.index_version,
         items=_items(runtime, got, body.k, body.rerank),
         ignored_product_ids=ignored,

@@ -32,6 +32,7 @@ from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
 from newarrivals.indexer.schema import Interaction, Product
 from newarrivals.indexer.version import MANIFEST_FILE, latest_version
 from newarrivals.ranker.base import Ranker
+from newarrivals.ranker.blend import Blend
 
 from .journal import Journal
 from .settings import ServeSettings
@@ -96,8 +97,7 @@ class Runtime:
         self.journal = Journal(settings.journal_path)
         self.device = resolve_device(settings.device)
         self.ranker: Ranker | None = None
-        # Why re-ranking with the loaded ranker may hurt (from its training's holdout).
-        self.ranker_note: str | None = None
+        self.blend: Blend | None = None
         self.load_error: str | None = None
         self.started_at = time.time()
         self._state: ServingState | None = None
@@ -136,15 +136,13 @@ class Runtime:
         """Load the ranker and the index version, replay the journal, publish the state."""
         try:
             if self.settings.ranker is not None:
-                from newarrivals.ranker.blend import ranker_alone_warning
+                from newarrivals.ranker.blend import Blend
                 from newarrivals.ranker.runtime import load_ranker
 
                 self.ranker = load_ranker(
                     self.settings.ranker, device=self.device, threads=self.settings.threads
                 )
-                self.ranker_note = ranker_alone_warning(self.settings.ranker)
-                if self.ranker_note:
-                    logger.warning("ranker %s: %s", self.settings.ranker, self.ranker_note)
+                self.blend = Blend.load(self.settings.ranker)
             self._swap_in(self._target_version())
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -239,11 +237,34 @@ class Runtime:
             state.encoder.encode([Product("warm-up", title="warm up")], [None])
         if self.ranker is not None:
             self.ranker.warm_cache(state.products.values())
+            self._attach_blend(state)
         if s.precompute_audience:
             t0 = time.perf_counter()
             n = state.audience.refresh(state.store, state.purchased)
             logger.info("audience cache: %d users in %.1fs", n, time.perf_counter() - t0)
         return state
+
+    def _attach_blend(self, state: ServingState) -> None:
+        """Decide, per index version, whether ``rerank`` orders by the blend or the ranker
+        alone (a blend holds only for the first stage it was fitted on), and warn when that
+        order lost to retrieval on the ranker's holdout lists."""
+        from newarrivals.ranker.blend import holdout_warning
+        from newarrivals.ranker.online import request_blend
+
+        ranker_dir = self.settings.ranker
+        if ranker_dir is None:
+            return
+        applied, why_not = request_blend(self.blend, state.version.manifest)
+        state.rerank_blend, state.rerank_note = applied, why_not
+        state.ranker_note = holdout_warning(
+            ranker_dir, blended=applied is not None, why_not=why_not
+        )
+        if applied is None:
+            logger.warning("rerank orders by the ranker alone: %s", why_not)
+        else:
+            logger.info("rerank orders by the blend of %s", ", ".join(applied.blend.features))
+        if state.ranker_note:
+            logger.warning("ranker %s: %s", ranker_dir, state.ranker_note)
 
     def _catch_up(self, state: ServingState) -> None:
         """Apply what was written while ``state`` was being built (write mutex held)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -390,7 +390,14 @@ class RecommendationItemPublic(BaseModel):
     launched_at: datetime | None
     retrieval_score: float = Field(description="Inner product with the query vector.")
     ranker_probability: float | None = Field(
-        description="Softmax probability over the re-ranked list; null when not re-ranked."
+        description="The cross-encoder's softmax probability over the re-ranked list; null "
+        "when not re-ranked."
+    )
+    blend_probability: float | None = Field(
+        default=None,
+        description="Softmax probability over the re-ranked list of the blend (the ranker's "
+        "score with the retrieval stage's signals, fitted by listwise likelihood); the list "
+        "is in this order when set, null when the blend is not applied.",
     )
     reason: ReasonPublic | None
 
@@ -400,6 +407,11 @@ class RecommendationsPublic(BaseModel):
     fallback: bool = Field(description="True when the cold-user fallback answered.")
     fallback_reason: str | None
     reranked: bool
+    reranked_by: Literal["blend", "ranker"] | None = Field(
+        default=None,
+        description="What ordered a re-ranked list: the blend (when it holds for the served "
+        "index) or the ranker's probabilities alone.",
+    )
     index_version: str
     items: list[RecommendationItemPublic]
     ignored_product_ids: list[str] = Field(
@@ -509,8 +521,16 @@ class VersionPublic(BaseModel):
     ranker_loaded: bool
     ranker_note: str | None = Field(
         default=None,
-        description="Set when the loaded ranker alone ordered its holdout lists worse than "
-        "retrieval did: re-ranking with it is likely to lower quality.",
+        description="Set when the order rerank=true uses (blend or ranker alone) ordered the "
+        "ranker's holdout lists worse than retrieval did: re-ranking is likely to lower "
+        "quality.",
+    )
+    rerank_order: Literal["blend", "ranker"] | None = Field(
+        default=None,
+        description="What orders a re-ranked list on this version; null without a ranker.",
+    )
+    rerank_note: str | None = Field(
+        default=None, description="Why the ranker's blend is not applied to this version."
     )
     manifest: dict[str, Any]
 

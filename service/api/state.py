@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from newarrivals.indexer.users import UserVectors
 from newarrivals.indexer.version import IndexVersion
 
 from .audience import AudienceIndex
+
+if TYPE_CHECKING:
+    from newarrivals.ranker.online import RequestBlend
 from .journal import JournalEntry, product_from_payload
 
 __all__ = ["ReadWriteLock", "ServingState", "load_state", "resolve_catalog"]
@@ -108,6 +111,12 @@ class ServingState:
         loaded_at: When the state was built.
         applied_seq: The last journal sequence number applied.
         replayed: Journal entries applied when the state was built (and caught up).
+        rerank_blend: The ranker's blend when it holds for this version's index (``rerank``
+            then orders by it), else ``None`` (the ranker's probabilities alone).
+        rerank_note: Why the blend is not applied to this version (``""``: it is, or there
+            is no ranker).
+        ranker_note: A warning when the order ``rerank`` uses lost to retrieval on the
+            ranker's holdout lists.
     """
 
     version: IndexVersion
@@ -121,6 +130,9 @@ class ServingState:
     applied_seq: int = 0
     replayed: int = 0
     lock: ReadWriteLock = field(default_factory=ReadWriteLock)
+    rerank_blend: RequestBlend | None = None
+    rerank_note: str = ""
+    ranker_note: str | None = None
 
     @property
     def store(self) -> ProductIndex:

@@ -18,7 +18,7 @@ from newarrivals.ranker.blend import (
     Blend,
     BlendList,
     fit_blend,
-    ranker_alone_warning,
+    holdout_warning,
     standardise,
 )
 from newarrivals.ranker.trainer import (
@@ -307,13 +307,20 @@ def test_blend_file_keeps_the_holdout_check_and_warns_on_a_losing_ranker(
     path = blend_report.save(tmp_path / "good")
     assert Blend.load(path.parent) == blend_report.blend
     # This ranker reads the colour retrieval cannot see: no warning.
-    assert ranker_alone_warning(path.parent) is None
+    assert holdout_warning(path.parent) is None
     losing = replace(blend_report, ndcg_ranker=blend_report.ndcg_retrieval - 0.05)
-    note = ranker_alone_warning(losing.save(tmp_path / "bad").parent)
+    bad = losing.save(tmp_path / "bad").parent
+    note = holdout_warning(bad, why_not="fitted elsewhere")
     assert note is not None and f"{blend_report.ndcg_retrieval:.3f}" in note
+    assert "ranker alone" in note and "not applied: fitted elsewhere" in note
+    # Served through the blend, the ranker's own loss is not what the user gets.
+    assert holdout_warning(bad, blended=True) is None
+    lost_blend = replace(blend_report, ndcg_blend=blend_report.ndcg_retrieval - 0.01)
+    blended_note = holdout_warning(lost_blend.save(tmp_path / "b").parent, blended=True)
+    assert blended_note is not None and blended_note.startswith("the blend ordered")
     blend_report.blend.save(tmp_path / "old")  # no holdout recorded: nothing to say
-    assert ranker_alone_warning(tmp_path / "old") is None
-    assert ranker_alone_warning(tmp_path / "nowhere") is None
+    assert holdout_warning(tmp_path / "old") is None
+    assert holdout_warning(tmp_path / "nowhere") is None
 
 
 def test_blend_is_fitted_on_validation_rerank_lists(fitted: Fitted) -> None:

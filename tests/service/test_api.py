@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -485,3 +486,51 @@ def test_rerank_gives_probabilities_over_the_list(open_client: Opener, ranker_di
         "/v1/sessions/recommendations", json={"product_ids": ["P000001"], "k": 3, "rerank": True}
     ).json()
     assert session["reranked"] is True and len(session["items"]) == 3
+    assert session["reranked_by"] == "ranker"  # this ranker has no blend
+
+
+def test_rerank_orders_by_the_blend_when_it_was_fitted_for_the_serving_index(
+    open_client: Opener, ranker_dir: Path, tiny_index: Path, tmp_path: Path, auth: dict[str, str]
+) -> None:
+    import shutil
+
+    from newarrivals.indexer.version import IndexVersion, latest_version
+    from newarrivals.ranker.blend import Blend
+    from newarrivals.ranker.online import SERVING_RETRIEVAL, ConcatLayout
+
+    blended = tmp_path / "blended"
+    shutil.copytree(ranker_dir, blended)
+    # All weight on the photo max-similarity to the session's products: an order the test
+    # can compute from the index's vectors alone.
+    Blend(("ranker", "retrieval", "image"), (0.0, 0.0, 1.0), retrieval=SERVING_RETRIEVAL).save(
+        blended
+    )
+    client = open_client(ranker=blended, rerank_depth=10)
+    version = client.get("/v1/admin/version", headers=auth).json()
+    assert version["rerank_order"] == "blend" and version["rerank_note"] is None
+    request = {"product_ids": ["P000001"], "k": 10, "rerank": True}
+    body = client.post("/v1/sessions/recommendations", json=request).json()
+    assert body["reranked_by"] == "blend"
+    items = body["items"]
+    chances = [i["blend_probability"] for i in items]
+    assert chances == sorted(chances, reverse=True)
+    assert sum(chances) == pytest.approx(1.0, abs=1e-6)  # k == depth: the whole list
+    assert all(i["ranker_probability"] is not None for i in items)
+    index = IndexVersion.load(latest_version(tiny_index), verify=False)
+    photos = ConcatLayout.from_manifest(index.manifest).split(
+        index.store.vectors_for([i["product_id"] for i in items] + ["P000001"])
+    )["image"][0]
+    similarity = photos[:-1] @ photos[-1]
+    assert np.all(np.diff(similarity) <= 1e-6)  # most like the session's photo first
+
+    # A blend fitted after another first stage does not hold here: the ranker alone, said so.
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(ranker_dir, elsewhere)
+    Blend(("ranker", "retrieval"), (0.1, 1.0), retrieval="fused-late/max").save(elsewhere)
+    other = open_client(ranker=elsewhere, rerank_depth=10)
+    version = other.get("/v1/admin/version", headers=auth).json()
+    assert version["rerank_order"] == "ranker"
+    assert "--retrieval fused-concat/mean" in version["rerank_note"]
+    body = other.post("/v1/sessions/recommendations", json=request).json()
+    assert body["reranked_by"] == "ranker"
+    assert all(i["blend_probability"] is None for i in body["items"])

@@ -76,6 +76,14 @@ def version(runtime: RuntimeDep, state: StateDep) -> VersionPublic:
         users=users,
         journal_seq=seq,
         ranker_loaded=runtime.ranker is not None,
-        ranker_note=runtime.ranker_note,
+        ranker_note=state.ranker_note,
+        rerank_order=(
+            None
+            if runtime.ranker is None
+            else "blend"
+            if state.rerank_blend is not None
+            else "ranker"
+        ),
+        rerank_note=state.rerank_note or None,
         manifest=manifest,
     )

@@ -154,7 +154,7 @@ async function showShopper() {
     const params = new URLSearchParams({ k: $("#sh-k").value, rerank: $("#sh-rerank").checked });
     if ($("#sh-new").checked && $("#sh-new-after").value) params.set("launched_after", $("#sh-new-after").value);
     const recs = await api(`/v1/users/${encodeURIComponent(userId)}/recommendations?${params}`);
-    $("#sh-flags").textContent = [recs.reranked && "re-ranked", recs.fallback && `fallback: ${recs.fallback_reason}`]
+    $("#sh-flags").textContent = [recs.reranked && `re-ranked by the ${recs.reranked_by}`, recs.fallback && `fallback: ${recs.fallback_reason}`]
       .filter(Boolean).join(" · ");
     $("#sh-recs").replaceChildren(...recs.items.map((item) => card(item.product_id, item.title, [
       ["meta", `score ${fmt(item.retrieval_score)} · p ${fmt(item.ranker_probability)}`],

@@ -1,0 +1,242 @@
+"""The blend at request time: its features for one candidate list, read off the index.
+
+The evaluation's blend (:mod:`.blend`) reads, per candidate, the retrieval score, the photo
+and text max-similarity to the user's products and the photo and text similarity to the
+user's mean vector. The serving index keeps one vector per product, the concat fusion
+``[w_t t, w_i i] / norm`` (:func:`~newarrivals.indexer.encoders.fuse`), and each block of
+it is one modality's unit vector times a per-product constant. Renormalising a block
+therefore gives the modality's vector back (an all-zero block: the product lacks it), and
+every feature can be computed from what the index already holds:
+
+* ``retrieval``: the index's own score, the inner product with the user's vector. It is the
+  evaluation's ``fused-concat/mean`` score, so a blend fitted on lists from that first stage
+  (``train-ranker --retrieval fused-concat/mean``) is the one that holds at serving time;
+* ``image``, ``text``: the largest similarity to any of the user's recent products (the
+  serving state keeps the last ``recent_limit``; the evaluation reads the whole history);
+* ``image-mean``, ``text-mean``: the similarity to the user's vector's own block,
+  renormalised. The user's vector sums fused product vectors, so a product that has only
+  one modality weighs more in that block than in the evaluation's per-modality mean.
+
+Those two differences are why the serving blend is measured on its own (README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from newarrivals.indexer.encoders.base import l2_normalize
+from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode
+from newarrivals.indexer.errors import ConfigError
+
+from .blend import Blend
+from .evaluation import candidate_features
+
+__all__ = ["SERVING_RETRIEVAL", "ConcatLayout", "RequestBlend", "request_blend", "request_features"]
+
+#: The evaluation's name for the first stage the serving index runs.
+SERVING_RETRIEVAL: Final = "fused-concat/mean"
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: A block whose norm is below this is "the product lacks the modality" (fuse() writes 0).
+_ABSENT: Final = 1e-6
+
+
+@dataclass(frozen=True)
+class ConcatLayout:
+    """Where each modality sits in a concat-fused index vector.
+
+    Args:
+        blocks: ``(modality, start, stop)`` column ranges, in vector order.
+        fusion: The index's fusion (mode and weights).
+
+    Example:
+        >>> layout = ConcatLayout((("text", 0, 2), ("image", 2, 4)), FusionConfig())
+        >>> vectors, present = layout.split(np.array([[0.8, 0.0, 0.0, 0.6]]))["image"]
+        >>> vectors.tolist(), present.tolist()
+        ([[0.0, 1.0]], [True])
+    """
+
+    blocks: tuple[tuple[str, int, int], ...]
+    fusion: FusionConfig
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> ConcatLayout:
+        """The layout an index version's manifest describes.
+
+        Raises:
+            ConfigError: for a fusion other than concat (a sum mixes the modalities, so no
+                block can be read back), or a manifest without encoder dims.
+        """
+        fusion = FusionConfig(**dict(manifest.get("fusion") or {}))
+        if fusion.mode is not FusionMode.CONCAT:
+            raise ConfigError(
+                f"the index fuses by {fusion.mode.value!r}; the per-modality blend features "
+                "need concat fusion (the default), where each modality keeps its own columns."
+            )
+        encoders = manifest.get("encoders") or {}
+        blocks: list[tuple[str, int, int]] = []
+        start = 0
+        for name in ("text", "image"):
+            info = encoders.get(name)
+            if info is None:
+                continue
+            dim = int(info["dim"])
+            blocks.append((name, start, start + dim))
+            start += dim
+        if not blocks or start != int(manifest.get("dim", start)):
+            raise ConfigError(
+                f"the index manifest's encoder dims {[(b[0], b[2] - b[1]) for b in blocks]} do "
+                f"not add up to its dim {manifest.get('dim')!r}; rebuild the index."
+            )
+        return cls(tuple(blocks), fusion)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.blocks)
+
+    @property
+    def dim(self) -> int:
+        return self.blocks[-1][2]
+
+    def split(self, fused: npt.ArrayLike) -> dict[str, tuple[FloatArray, BoolArray]]:
+        """Per modality: the unit vectors of ``(n, dim)`` fused rows, and which rows have it."""
+        x = np.asarray(fused, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[None, :]
+        out: dict[str, tuple[FloatArray, BoolArray]] = {}
+        for name, start, stop in self.blocks:
+            block = x[:, start:stop]
+            present = np.linalg.norm(block, axis=1) > _ABSENT
+            unit = l2_normalize(block.astype(np.float32)).astype(np.float64)
+            unit[~present] = 0.0
+            out[name] = (unit, present)
+        return out
+
+
+def request_features(
+    layout: ConcatLayout,
+    candidates: npt.ArrayLike,
+    retrieval: npt.ArrayLike,
+    recent: npt.ArrayLike,
+    user: npt.ArrayLike | None,
+) -> dict[str, FloatArray]:
+    """Every blend feature but the ranker's, for one request's candidate list.
+
+    Args:
+        layout: The index's layout.
+        candidates: ``(n, dim)`` fused vectors of the candidates.
+        retrieval: ``(n,)`` their retrieval scores.
+        recent: ``(h, dim)`` fused vectors of the user's recent products (``h`` may be 0).
+        user: The user's fused query vector, or ``None`` (a cold user's fallback query).
+
+    Returns:
+        Columns by feature name, each ``(n,)``; ``NaN`` where a feature cannot score a
+        candidate (it lacks the modality, or the user has nothing in it), which
+        :func:`~.evaluation.candidate_features` turns into the column's minimum.
+    """
+    cand = layout.split(candidates)
+    n = next(iter(cand.values()))[0].shape[0]
+    scores = np.asarray(retrieval, dtype=np.float64).reshape(-1)
+    if scores.shape != (n,):
+        raise ConfigError(f"{n} candidates but {scores.shape[0]} retrieval scores.")
+    hist = np.asarray(recent, dtype=np.float64).reshape(-1, layout.dim)
+    past = layout.split(hist)
+    mean = None if user is None else layout.split(np.asarray(user, dtype=np.float64))
+    columns: dict[str, FloatArray] = {"retrieval": scores}
+    for name in layout.modalities:
+        vectors, has = cand[name]
+        seen, seen_has = past[name]
+        best = np.full(n, np.nan)
+        if seen_has.any():
+            best = (vectors @ seen[seen_has].T).max(axis=1)
+        best[~has] = np.nan
+        columns[name] = best
+        centre = np.full(n, np.nan)
+        if mean is not None and mean[name][1][0]:
+            centre = vectors @ mean[name][0][0]
+        centre[~has] = np.nan
+        columns[f"{name}-mean"] = centre
+    return columns
+
+
+@dataclass(frozen=True)
+class RequestBlend:
+    """A blend that holds for the served index: the blend and the index's layout."""
+
+    blend: Blend
+    layout: ConcatLayout
+
+    def score(
+        self,
+        ranker: npt.ArrayLike,
+        candidates: npt.ArrayLike,
+        retrieval: npt.ArrayLike,
+        recent: npt.ArrayLike,
+        user: npt.ArrayLike | None,
+    ) -> FloatArray:
+        """Blended scores of one list (``ranker``: the cross-encoder's raw scores)."""
+        columns = request_features(self.layout, candidates, retrieval, recent, user)
+        columns["ranker"] = np.asarray(ranker, dtype=np.float64).reshape(-1)
+        return self.blend.score(candidate_features(columns, self.blend.features))
+
+
+def request_blend(
+    blend: Blend | None, manifest: Mapping[str, Any]
+) -> tuple[RequestBlend | None, str]:
+    """The blend serving can apply on the index ``manifest`` describes, and why not if not.
+
+    A blend's weights hold for the first stage its lists came from; serving retrieves with
+    :data:`SERVING_RETRIEVAL` at the default fusion weights, so only a blend fitted there
+    (``train-ranker --retrieval fused-concat/mean``) on an index built with those weights
+    applies.
+
+    Returns:
+        ``(blend, "")`` when it applies, else ``(None, reason)``.
+    """
+    if blend is None:
+        return None, "the ranker has no blend.json (train-ranker writes one)"
+    if blend.retrieval != SERVING_RETRIEVAL:
+        fitted = blend.retrieval or "an unrecorded first stage"
+        return None, (
+            f"its blend was fitted on lists from {fitted}, and serving retrieves with "
+            f"{SERVING_RETRIEVAL}; refit it with `newarrivals train-ranker --blend-only "
+            f"--retrieval {SERVING_RETRIEVAL}` (same other options)"
+        )
+    try:
+        layout = ConcatLayout.from_manifest(manifest)
+    except ConfigError as exc:
+        return None, str(exc)
+    default = FusionConfig()
+    weights = (layout.fusion.text_weight, layout.fusion.image_weight)
+    if (
+        "text" in layout.modalities
+        and "image" in layout.modalities
+        and weights
+        != (
+            default.text_weight,
+            default.image_weight,
+        )
+    ):
+        return None, (
+            f"the index fuses with weights text {weights[0]} / photo {weights[1]}, the blend "
+            f"was fitted at {default.text_weight} / {default.image_weight}; rebuild the index "
+            "with the default weights"
+        )
+    missing = [
+        f
+        for f in blend.features
+        if f not in ("ranker", "retrieval") and f.removesuffix("-mean") not in layout.modalities
+    ]
+    if missing:
+        return None, (
+            f"its blend reads {missing}, which this index cannot give (modalities "
+            f"{list(layout.modalities)})"
+        )
+    return RequestBlend(blend, layout), ""
