@@ -147,6 +147,7 @@ def blend_features(retrieval: str) -> tuple[str, ...]:
     vectors cannot give)."""
     return BLEND_FEATURES_AFTER_MEAN if retrieval.endswith("/mean") else BLEND_FEATURES
 
+
 #: The prior of the features-only fit: retrieval alone (see :mod:`.blend`).
 BLEND_PRIOR = {"retrieval": 1.0}
 
