@@ -26,6 +26,7 @@ from newarrivals.ranker.trainer import (
     ColdStartLists,
     RankerTrainingReport,
     RerankReport,
+    blend_for_ranker,
     build_cold_start_lists,
     fit_cold_start_ranker,
     list_nll,
@@ -338,6 +339,24 @@ def test_blend_is_fitted_on_validation_rerank_lists(fitted: Fitted) -> None:
     assert blend_report.ndcg_blend >= blend_report.ndcg_retrieval
     # Colour is only in the text: the ranker adds what the vector features cannot.
     assert blend_report.ndcg_blend > blend_report.ndcg_features
+    # The weights hold for the first stage they were fitted after, so the blend says which.
+    assert blend.retrieval == LISTS.retrieval == "text/max"
+
+
+def test_a_blend_after_the_serving_first_stage_adds_the_max_similarity(
+    fitted: Fitted, shop: ColourShop
+) -> None:
+    ranker = fitted[0]
+    serving = replace(LISTS, retrieval="fused-concat/mean")
+    built = build_cold_start_lists(
+        shop.events, shop.products, shop.vectors, CUTOFF, TRAIN, serving, max_context_items=4
+    )
+    assert built.retrieval == "fused-concat/mean"
+    report = blend_for_ranker(ranker, built, shop.products, replace(TRAIN, val_fraction=0.4))
+    # A mean-vector first stage lacks the max-similarity, which the blend then reads.
+    assert report.blend.features == ("ranker", "retrieval", "text", "text-mean")
+    assert report.blend.retrieval == "fused-concat/mean"
+    assert report.ndcg_blend >= report.ndcg_retrieval
 
 
 def test_split_by_user_keeps_users_apart(shop: ColourShop) -> None:
