@@ -162,6 +162,7 @@ def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
     """Run every preparation step (or reuse it) and return where the pieces are."""
     from newarrivals.indexer.evaluation import EvaluateConfig, evaluate, resolve_profile
     from newarrivals.indexer.image_tower import ImageTowerConfig, align_images
+    from newarrivals.ranker.online import SERVING_RETRIEVAL
 
     t_start = time.perf_counter()
     work = config.workdir
@@ -250,13 +251,19 @@ def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
 
     # 4. The ranker.
     ranker_dir = work / "ranker"
-    ranker_inputs = {"index": index_inputs, "minutes": config.ranker_minutes, "seed": config.seed}
+    ranker_inputs = {
+        "index": index_inputs,
+        "minutes": config.ranker_minutes,
+        "seed": config.seed,
+        "blend": SERVING_RETRIEVAL,
+    }
     steps.run(
         4,
         "ranker",
-        f"training the ranker for up to {config.ranker_minutes:g} min, then distilling it",
+        f"training the ranker for up to {config.ranker_minutes:g} min, distilling it, then "
+        "fitting its blend for the index's own retrieval",
         ranker_inputs,
-        lambda: _train_ranker(config, data, index, ranker_dir, cutoff, say),
+        lambda: _train_ranker(config, data, index, tower, ranker_dir, cutoff, say),
     )
 
     # 5. The cold-start evaluation (it trains its own user towers, on pre-cutoff events).
@@ -320,13 +327,22 @@ def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
 
 
 def _train_ranker(
-    config: DemoConfig, data: Path, index: Path, out: Path, cutoff: datetime, say: Say
+    config: DemoConfig,
+    data: Path,
+    index: Path,
+    tower: Path,
+    out: Path,
+    cutoff: datetime,
+    say: Say,
 ) -> None:
-    """A 2-layer MiniLM cross-encoder on replay lists, distilled into a small student.
+    """A 2-layer MiniLM cross-encoder on replay lists, distilled into a small student, and
+    the student's blend fitted on cold-start lists from the serving index's own first stage
+    (so ``rerank=true`` orders by the blend; README, *The blend serving applies*).
 
     It goes through the ``train-ranker`` and ``distill-ranker`` commands so the demo runs
     exactly what a user would type (printed here), not a second copy of their logic.
     """
+    from newarrivals.ranker.online import SERVING_RETRIEVAL
     from newarrivals.service.cli import main
 
     teacher = out.parent / "ranker-teacher"
@@ -375,6 +391,42 @@ def _train_ranker(
         say("      $ newarrivals " + " ".join(argv))
         if main(argv) != 0:
             raise ConfigError(f"`newarrivals {argv[0]}` failed; its message is above.")
+    student = out / "onnx" if (out / "onnx").is_dir() else out
+    blend = [
+        "train-ranker",
+        "--catalog",
+        str(data),
+        "--before",
+        cutoff.date().isoformat(),
+        "--out",
+        str(student),
+        "--blend-only",
+        "--retrieval",
+        SERVING_RETRIEVAL,
+        "--image-tower",
+        str(tower),
+        "--cache-dir",
+        str(index / "cache"),
+        # The synthetic catalogue's history before the cutoff is a few months long.
+        "--windows",
+        "3",
+        "--window-days",
+        "20",
+        "--lists-per-user",
+        "3",
+        "--val-fraction",
+        "0.3",
+        "--seed",
+        str(config.seed),
+        "--device",
+        config.device,
+        "--no-progress",
+    ]
+    say("      $ newarrivals " + " ".join(blend))
+    if main(blend) != 0:
+        # A small catalogue may leave no validation list to fit on; serving then re-ranks
+        # by the ranker alone and says so (rerank_note), which is no reason to stop here.
+        say("      no blend was fitted (see above): rerank=true will order by the ranker alone")
 
 
 def run_demo(config: DemoConfig, say: Say = print) -> DemoResult:

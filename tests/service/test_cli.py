@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ def test_demo_prepares_every_piece_and_a_rerun_reuses_them(
     assert (demo_dir / "towers" / "image" / "open_clip_model.safetensors").is_file()
     assert (demo_dir / "ranker" / "ranker.json").is_file()
     assert (demo_dir / "index" / "LATEST").is_file()
+    # The served student carries a blend fitted for the index's own first stage.
+    blend = json.loads((demo_dir / "ranker" / "onnx" / "blend.json").read_text())
+    assert blend["retrieval"] == "fused-concat/mean" and "text" in blend["features"]
     key = (demo_dir / "api_key").read_text().strip()
     assert len(key) >= 24 and (demo_dir / "api_key").stat().st_mode & 0o077 == 0
     # The fixture's output was captured before this test; run again to see a re-run reuse it.
