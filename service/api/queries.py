@@ -202,7 +202,7 @@ def _items(
 
 
 def _reranked_by(got: _Retrieved, rerank: bool) -> Literal["blend", "ranker"] | None:
-    if not rerank:
+    if not rerank or not got.candidates:
         return None
     return "blend" if got.blend is not None else "ranker"
 

@@ -410,7 +410,7 @@ class RecommendationsPublic(BaseModel):
     reranked_by: Literal["blend", "ranker"] | None = Field(
         default=None,
         description="What ordered a re-ranked list: the blend (when it holds for the served "
-        "index) or the ranker's probabilities alone.",
+        "index) or the ranker's probabilities alone; null when not re-ranked or empty.",
     )
     index_version: str
     items: list[RecommendationItemPublic]

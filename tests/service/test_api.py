@@ -487,6 +487,10 @@ def test_rerank_gives_probabilities_over_the_list(open_client: Opener, ranker_di
     ).json()
     assert session["reranked"] is True and len(session["items"]) == 3
     assert session["reranked_by"] == "ranker"  # this ranker has no blend
+    nothing = client.get(
+        "/v1/users/U00004/recommendations", params={"rerank": True, "category": "No such"}
+    ).json()
+    assert nothing["items"] == [] and nothing["reranked_by"] is None
 
 
 def test_rerank_orders_by_the_blend_when_it_was_fitted_for_the_serving_index(
