@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .encoders.fusion import ABSENT_NORM, ConcatLayout
 from .errors import ConfigError, NewArrivalsError, UnknownProductError
 from .schema import EventType, Interaction
 from .store import Candidate, ProductIndex, SearchFilter
@@ -36,6 +37,7 @@ __all__ = [
     "PopularFallbackConfig",
     "RetrievalResult",
     "UserVectorSource",
+    "late_max_search",
     "recommend_for_user",
     "retrieve_for_user",
     "similar_products",
@@ -237,3 +239,68 @@ def _unit(vec: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:
     norm = float(np.linalg.norm(v))
     out: npt.NDArray[np.float32] = v / norm if norm > 0 else v
     return out
+
+
+def late_max_search(
+    store: ProductIndex,
+    layout: ConcatLayout,
+    recent: npt.ArrayLike,
+    k: int,
+    flt: SearchFilter | None = None,
+) -> list[Candidate]:
+    """The evaluation's ``fused-late/max`` first stage over a concat-fused index.
+
+    Per modality, each product's largest similarity to the user's ``recent`` products;
+    each modality's scores z-normalised over the products passing ``flt`` (so text's
+    narrow, high band of cosines and the photo's wide, low one count alike); a product's
+    score is the mean of the z-scores of the modalities it has. On H&M's cold-start split
+    this scored NDCG@20 .0271 against .0208 for the index's own mean-vector query (README).
+    Unlike that query it reads every passing product (no ANN), so its cost grows with the
+    filtered set.
+
+    Args:
+        store: The index (concat fusion).
+        layout: Where each modality sits in its vectors.
+        recent: ``(h, dim)`` fused vectors of the user's recent products (h >= 1).
+        k: Candidates to return.
+        flt: Restrictions, as for :meth:`ProductIndex.search`.
+
+    Returns:
+        Up to ``k`` candidates, best first, each scored with its late-fusion score.
+    """
+    history = layout.split(np.asarray(recent, dtype=np.float64).reshape(-1, layout.dim))
+    # Unit vectors of the recent products' modalities, float32 for a fast block product.
+    seen = {name: vectors[has].astype(np.float32) for name, (vectors, has) in history.items()}
+
+    def per_modality(block: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        columns = []
+        for name, start, stop in layout.blocks:
+            part = block[:, start:stop]
+            # A block's norm is the product's per-modality scale (0: it lacks the modality),
+            # so dividing the raw products by it gives cosines without renormalising.
+            norms = np.linalg.norm(part, axis=1)
+            has = norms > ABSENT_NORM
+            if len(seen[name]):
+                best = (part @ seen[name].T).max(axis=1) / np.where(has, norms, 1.0)
+            else:
+                # No recent product has this modality: every product scores alike (z = 0),
+                # as the evaluation's max-similarity does for an empty history.
+                best = np.zeros(len(part), dtype=np.float32)
+            columns.append(np.where(has, best.astype(np.float64), np.nan))
+        return np.stack(columns, axis=1)
+
+    ids, raw = store.score_rows(per_modality, flt)
+    if not ids:
+        return []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(raw, axis=0, keepdims=True)
+        std = np.nanstd(raw, axis=0, keepdims=True)
+        z = np.where(std > 0, (raw - mean) / np.where(std > 0, std, 1.0), 0.0)
+    present = np.isfinite(raw)
+    count = present.sum(axis=1)
+    total = np.where(present, z, 0.0).sum(axis=1)
+    score = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+    want = min(int(k), len(ids))
+    top = np.argpartition(-score, want - 1)[:want] if want < len(ids) else np.arange(len(ids))
+    order = top[np.argsort(-score[top], kind="stable")]
+    return [Candidate(ids[i], float(score[i])) for i in order.tolist() if np.isfinite(score[i])]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -454,6 +454,33 @@ class ProductIndex:
             scores[short] = ex_scores
             rows[short] = ex_rows
         return self._candidates(scores, rows)
+
+    def score_rows(
+        self,
+        score: Callable[[FloatArray], npt.NDArray[np.float64]],
+        filter: SearchFilter | None = None,
+        block: int = 8192,
+    ) -> tuple[list[str], npt.NDArray[np.float64]]:
+        """Apply ``score`` to the vectors of every product passing ``filter``, a block of
+        rows at a time (no copy of the whole matrix), for queries a single inner product
+        cannot express (e.g. late fusion, which normalises per modality over the set).
+
+        Args:
+            score: Maps a ``(b, dim)`` block of stored vectors to ``(b, c)`` values.
+            filter: Restrictions; ``None`` means ``SearchFilter()`` (available only).
+            block: Rows per call of ``score``.
+
+        Returns:
+            The ids of the passing products and their ``(n, c)`` values, in row order.
+        """
+        mask = self._mask(filter if filter is not None else SearchFilter())
+        rows = np.flatnonzero(self._alive if mask is None else mask)
+        parts = [
+            np.asarray(score(self._vectors[rows[lo : lo + block]]), dtype=np.float64)
+            for lo in range(0, rows.size, block)
+        ]
+        values = np.concatenate(parts) if parts else np.zeros((0, 0))
+        return [str(self._pids[r]) for r in rows.tolist()], values
 
     def _post_filtered(
         self, q: FloatArray, want: int, mask: BoolArray, share: float

@@ -29,95 +29,27 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.encoders.base import l2_normalize
-from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode
+from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig
 from newarrivals.indexer.errors import ConfigError
 
 from .blend import Blend
 from .evaluation import candidate_features
 
-__all__ = ["SERVING_RETRIEVAL", "ConcatLayout", "RequestBlend", "request_blend", "request_features"]
+__all__ = [
+    "SERVING_RETRIEVAL",
+    "SERVING_RETRIEVALS",
+    "RequestBlend",
+    "request_blend",
+    "request_features",
+]
 
-#: The evaluation's name for the first stage the serving index runs.
+#: The evaluation's name for the first stage the serving index runs by default.
 SERVING_RETRIEVAL: Final = "fused-concat/mean"
+#: The evaluation's name for each serving first stage (``NEWARRIVALS_RETRIEVAL``).
+SERVING_RETRIEVALS: Final = {"mean": SERVING_RETRIEVAL, "late-max": "fused-late/max"}
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
-
-#: A block whose norm is below this is "the product lacks the modality" (fuse() writes 0).
-_ABSENT: Final = 1e-6
-
-
-@dataclass(frozen=True)
-class ConcatLayout:
-    """Where each modality sits in a concat-fused index vector.
-
-    Args:
-        blocks: ``(modality, start, stop)`` column ranges, in vector order.
-        fusion: The index's fusion (mode and weights).
-
-    Example:
-        >>> layout = ConcatLayout((("text", 0, 2), ("image", 2, 4)), FusionConfig())
-        >>> vectors, present = layout.split(np.array([[0.8, 0.0, 0.0, 0.6]]))["image"]
-        >>> vectors.tolist(), present.tolist()
-        ([[0.0, 1.0]], [True])
-    """
-
-    blocks: tuple[tuple[str, int, int], ...]
-    fusion: FusionConfig
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> ConcatLayout:
-        """The layout an index version's manifest describes.
-
-        Raises:
-            ConfigError: for a fusion other than concat (a sum mixes the modalities, so no
-                block can be read back), or a manifest without encoder dims.
-        """
-        fusion = FusionConfig(**dict(manifest.get("fusion") or {}))
-        if fusion.mode is not FusionMode.CONCAT:
-            raise ConfigError(
-                f"the index fuses by {fusion.mode.value!r}; the per-modality blend features "
-                "need concat fusion (the default), where each modality keeps its own columns."
-            )
-        encoders = manifest.get("encoders") or {}
-        blocks: list[tuple[str, int, int]] = []
-        start = 0
-        for name in ("text", "image"):
-            info = encoders.get(name)
-            if info is None:
-                continue
-            dim = int(info["dim"])
-            blocks.append((name, start, start + dim))
-            start += dim
-        if not blocks or start != int(manifest.get("dim", start)):
-            raise ConfigError(
-                f"the index manifest's encoder dims {[(b[0], b[2] - b[1]) for b in blocks]} do "
-                f"not add up to its dim {manifest.get('dim')!r}; rebuild the index."
-            )
-        return cls(tuple(blocks), fusion)
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(name for name, _, _ in self.blocks)
-
-    @property
-    def dim(self) -> int:
-        return self.blocks[-1][2]
-
-    def split(self, fused: npt.ArrayLike) -> dict[str, tuple[FloatArray, BoolArray]]:
-        """Per modality: the unit vectors of ``(n, dim)`` fused rows, and which rows have it."""
-        x = np.asarray(fused, dtype=np.float64)
-        if x.ndim == 1:
-            x = x[None, :]
-        out: dict[str, tuple[FloatArray, BoolArray]] = {}
-        for name, start, stop in self.blocks:
-            block = x[:, start:stop]
-            present = np.linalg.norm(block, axis=1) > _ABSENT
-            unit = l2_normalize(block.astype(np.float32)).astype(np.float64)
-            unit[~present] = 0.0
-            out[name] = (unit, present)
-        return out
 
 
 def request_features(
@@ -188,26 +120,26 @@ class RequestBlend:
 
 
 def request_blend(
-    blend: Blend | None, manifest: Mapping[str, Any]
+    blend: Blend | None, manifest: Mapping[str, Any], retrieval: str = SERVING_RETRIEVAL
 ) -> tuple[RequestBlend | None, str]:
     """The blend serving can apply on the index ``manifest`` describes, and why not if not.
 
-    A blend's weights hold for the first stage its lists came from; serving retrieves with
-    :data:`SERVING_RETRIEVAL` at the default fusion weights, so only a blend fitted there
-    (``train-ranker --retrieval fused-concat/mean``) on an index built with those weights
-    applies.
+    A blend's weights hold for the first stage its lists came from, so only a blend fitted
+    after the first stage serving runs (``retrieval``, one of :data:`SERVING_RETRIEVALS`'
+    values; ``train-ranker --retrieval NAME``) applies; for the mean-vector one, only on an
+    index fused at the default weights, which that first stage's score depends on.
 
     Returns:
         ``(blend, "")`` when it applies, else ``(None, reason)``.
     """
     if blend is None:
         return None, "the ranker has no blend.json (train-ranker writes one)"
-    if blend.retrieval != SERVING_RETRIEVAL:
+    if blend.retrieval != retrieval:
         fitted = blend.retrieval or "an unrecorded first stage"
         return None, (
             f"its blend was fitted on lists from {fitted}, and serving retrieves with "
-            f"{SERVING_RETRIEVAL}; refit it with `newarrivals train-ranker --blend-only "
-            f"--retrieval {SERVING_RETRIEVAL}` (same other options)"
+            f"{retrieval}; refit it with `newarrivals train-ranker --blend-only "
+            f"--retrieval {retrieval}` (same other options)"
         )
     try:
         layout = ConcatLayout.from_manifest(manifest)
@@ -215,14 +147,11 @@ def request_blend(
         return None, str(exc)
     default = FusionConfig()
     weights = (layout.fusion.text_weight, layout.fusion.image_weight)
+    both = "text" in layout.modalities and "image" in layout.modalities
     if (
-        "text" in layout.modalities
-        and "image" in layout.modalities
-        and weights
-        != (
-            default.text_weight,
-            default.image_weight,
-        )
+        retrieval == SERVING_RETRIEVAL
+        and both
+        and weights != (default.text_weight, default.image_weight)
     ):
         return None, (
             f"the index fuses with weights text {weights[0]} / photo {weights[1]}, the blend "

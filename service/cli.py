@@ -995,6 +995,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--device", default=None, help="encoders' and ranker's device (cpu)")
     p.add_argument("--threads", type=int, default=None, help="encoder and ranker CPU threads")
+    p.add_argument(
+        "--retrieval",
+        choices=["mean", "late-max"],
+        default=None,
+        help="first stage: mean (user vector, ANN; default) or late-max (per-modality "
+        "max-similarity to recent products, exact; README)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -1022,6 +1029,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "read_only": args.read_only,
         "device": args.device,
         "threads": args.threads,
+        "retrieval": args.retrieval,
     }
     try:
         settings = ServeSettings(**{k: v for k, v in flags.items() if v is not None})

@@ -17,16 +17,24 @@ A product with neither modality has no vector; the build pipeline quarantines it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ConfigError
 from .base import l2_normalize
 
-__all__ = ["FusionConfig", "FusionMode", "fuse", "fused_dim"]
+__all__ = ["ABSENT_NORM", "ConcatLayout", "FusionConfig", "FusionMode", "fuse", "fused_dim"]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: A block whose norm is below this is "the product lacks the modality" (fuse() writes 0).
+ABSENT_NORM: Final = 1e-6
 
 
 class FusionMode(StrEnum):
@@ -118,3 +126,79 @@ def fuse(
     else:
         fused = np.concatenate(blocks, axis=1)
     return l2_normalize(fused)
+
+
+@dataclass(frozen=True)
+class ConcatLayout:
+    """Where each modality sits in a concat-fused index vector: the inverse of :func:`fuse`.
+
+    Each block of a concat vector is one modality's unit vector times a per-product
+    constant, so renormalising a block gives the modality's vector back (an all-zero block:
+    the product lacks it).
+
+    Args:
+        blocks: ``(modality, start, stop)`` column ranges, in vector order.
+        fusion: The index's fusion (mode and weights).
+
+    Example:
+        >>> layout = ConcatLayout((("text", 0, 2), ("image", 2, 4)), FusionConfig())
+        >>> vectors, present = layout.split(np.array([[0.8, 0.0, 0.0, 0.6]]))["image"]
+        >>> vectors.tolist(), present.tolist()
+        ([[0.0, 1.0]], [True])
+    """
+
+    blocks: tuple[tuple[str, int, int], ...]
+    fusion: FusionConfig
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> ConcatLayout:
+        """The layout an index version's manifest describes.
+
+        Raises:
+            ConfigError: for a fusion other than concat (a sum mixes the modalities, so no
+                block can be read back), or a manifest without encoder dims.
+        """
+        fusion = FusionConfig(**dict(manifest.get("fusion") or {}))
+        if fusion.mode is not FusionMode.CONCAT:
+            raise ConfigError(
+                f"the index fuses by {fusion.mode.value!r}; the per-modality blend features "
+                "need concat fusion (the default), where each modality keeps its own columns."
+            )
+        encoders = manifest.get("encoders") or {}
+        blocks: list[tuple[str, int, int]] = []
+        start = 0
+        for name in ("text", "image"):
+            info = encoders.get(name)
+            if info is None:
+                continue
+            dim = int(info["dim"])
+            blocks.append((name, start, start + dim))
+            start += dim
+        if not blocks or start != int(manifest.get("dim", start)):
+            raise ConfigError(
+                f"the index manifest's encoder dims {[(b[0], b[2] - b[1]) for b in blocks]} do "
+                f"not add up to its dim {manifest.get('dim')!r}; rebuild the index."
+            )
+        return cls(tuple(blocks), fusion)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.blocks)
+
+    @property
+    def dim(self) -> int:
+        return self.blocks[-1][2]
+
+    def split(self, fused: npt.ArrayLike) -> dict[str, tuple[FloatArray, BoolArray]]:
+        """Per modality: the unit vectors of ``(n, dim)`` fused rows, and which rows have it."""
+        x = np.asarray(fused, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[None, :]
+        out: dict[str, tuple[FloatArray, BoolArray]] = {}
+        for name, start, stop in self.blocks:
+            block = x[:, start:stop]
+            present = np.linalg.norm(block, axis=1) > ABSENT_NORM
+            unit = l2_normalize(block.astype(np.float32)).astype(np.float64)
+            unit[~present] = 0.0
+            out[name] = (unit, present)
+        return out

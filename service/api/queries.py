@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
+from newarrivals.indexer.retrieval import late_max_search
 from newarrivals.indexer.schema import EventType, Interaction, Product
 from newarrivals.indexer.store import Candidate, SearchFilter
 from newarrivals.indexer.users import UserVectors
@@ -125,19 +126,34 @@ def _retrieve(
     *,
     user: np.ndarray | None,
     rerank: bool,
+    late: bool,
 ) -> _Retrieved:
     """Search, then copy out metadata, reasons and, when the re-rank will blend, the
-    vectors the blend reads (read lock held by the caller)."""
-    candidates = state.store.search(query[None, :].astype(np.float32), depth, flt)[0]
+    vectors the blend reads (read lock held by the caller).
+
+    With ``late`` (``NEWARRIVALS_RETRIEVAL=late-max``) and recent products to compare with,
+    the first stage is :func:`~newarrivals.indexer.retrieval.late_max_search`; otherwise
+    the index's search with ``query``.
+    """
+    live_recent = [p for p in recent if p in state.store]
+    if late and live_recent and state.layout is not None:
+        candidates = late_max_search(
+            state.store, state.layout, state.store.vectors_for(live_recent), depth, flt
+        )
+    else:
+        candidates = state.store.search(query[None, :].astype(np.float32), depth, flt)[0]
     products = {c.product_id: state.products[c.product_id] for c in candidates}
     context = [state.products[p] for p in recent if p in state.products]
     blend = None
     if rerank and state.rerank_blend is not None and candidates:
-        live = [p for p in recent if p in state.store]
         blend = _BlendInputs(
             blend=state.rerank_blend,
             candidates=state.store.vectors_for([c.product_id for c in candidates]),
-            recent=state.store.vectors_for(live) if live else np.zeros((0, state.store.dim)),
+            recent=(
+                state.store.vectors_for(live_recent)
+                if live_recent
+                else np.zeros((0, state.store.dim))
+            ),
             user=user,
         )
     return _Retrieved(
@@ -237,7 +253,16 @@ def recommend_for_user(
         fallback = vector is None
         query = state.fallback.vector if vector is None else vector
         recent = list(st.recent) if st is not None else []
-        got = _retrieve(state, query, depth, flt, recent, user=vector, rerank=params.rerank)
+        got = _retrieve(
+            state,
+            query,
+            depth,
+            flt,
+            recent,
+            user=vector,
+            rerank=params.rerank,
+            late=runtime.settings.retrieval == "late-max",
+        )
     return RecommendationsPublic(
         user_id=user_id,
         fallback=fallback,
@@ -283,7 +308,16 @@ def recommend_for_session(
         flt = search_filter(body, now, skip)
         query = state.fallback.vector if vector is None else vector
         recent = list(st.recent) if st is not None else []
-        got = _retrieve(state, query, depth, flt, recent, user=vector, rerank=body.rerank)
+        got = _retrieve(
+            state,
+            query,
+            depth,
+            flt,
+            recent,
+            user=vector,
+            rerank=body.rerank,
+            late=runtime.settings.retrieval == "late-max",
+        )
     return RecommendationsPublic(
         user_id=None,
         fallback=vector is None,

@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image
 
 from newarrivals.indexer.device import resolve_device
+from newarrivals.indexer.encoders.fusion import ConcatLayout
 from newarrivals.indexer.encoders.product import EncodedInputs, ProductEncoder
-from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
+from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
 from newarrivals.indexer.schema import Interaction, Product
 from newarrivals.indexer.version import MANIFEST_FILE, latest_version
 from newarrivals.ranker.base import Ranker
@@ -235,6 +236,7 @@ class Runtime:
         # Models load lazily: the first request should not pay for it.
         with self._encode_lock:
             state.encoder.encode([Product("warm-up", title="warm up")], [None])
+        state.layout = self._layout(state)
         if self.ranker is not None:
             self.ranker.warm_cache(state.products.values())
             self._attach_blend(state)
@@ -244,17 +246,32 @@ class Runtime:
             logger.info("audience cache: %d users in %.1fs", n, time.perf_counter() - t0)
         return state
 
+    def _layout(self, state: ServingState) -> ConcatLayout | None:
+        """The index's concat layout; ``None`` for a sum-fused index, which the late-fusion
+        first stage cannot read (refused then, naming the fix)."""
+        try:
+            return ConcatLayout.from_manifest(state.version.manifest)
+        except ConfigError as exc:
+            if self.settings.retrieval == "late-max":
+                raise ConfigError(
+                    f"NEWARRIVALS_RETRIEVAL=late-max needs each modality's own columns: {exc} "
+                    "Rebuild the index with --fusion concat, or serve with retrieval 'mean'."
+                ) from None
+            return None
+
     def _attach_blend(self, state: ServingState) -> None:
         """Decide, per index version, whether ``rerank`` orders by the blend or the ranker
         alone (a blend holds only for the first stage it was fitted on), and warn when that
         order lost to retrieval on the ranker's holdout lists."""
         from newarrivals.ranker.blend import holdout_warning
-        from newarrivals.ranker.online import request_blend
+        from newarrivals.ranker.online import SERVING_RETRIEVALS, request_blend
 
         ranker_dir = self.settings.ranker
         if ranker_dir is None:
             return
-        applied, why_not = request_blend(self.blend, state.version.manifest)
+        applied, why_not = request_blend(
+            self.blend, state.version.manifest, SERVING_RETRIEVALS[self.settings.retrieval]
+        )
         state.rerank_blend, state.rerank_note = applied, why_not
         state.ranker_note = holdout_warning(
             ranker_dir, blended=applied is not None, why_not=why_not

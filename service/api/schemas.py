@@ -388,7 +388,11 @@ class RecommendationItemPublic(BaseModel):
     category: str
     price: float | None
     launched_at: datetime | None
-    retrieval_score: float = Field(description="Inner product with the query vector.")
+    retrieval_score: float = Field(
+        description="The first stage's score: the inner product with the query vector "
+        "(retrieval 'mean', and every cold-user fallback), or the late-fusion score, a mean "
+        "of per-modality z-scores (retrieval 'late-max')."
+    )
     ranker_probability: float | None = Field(
         description="The cross-encoder's softmax probability over the re-ranked list; null "
         "when not re-ranked."
@@ -524,6 +528,9 @@ class VersionPublic(BaseModel):
         description="Set when the order rerank=true uses (blend or ranker alone) ordered the "
         "ranker's holdout lists worse than retrieval did: re-ranking is likely to lower "
         "quality.",
+    )
+    retrieval: Literal["mean", "late-max"] = Field(
+        default="mean", description="The first stage of recommendations (NEWARRIVALS_RETRIEVAL)."
     )
     rerank_order: Literal["blend", "ranker"] | None = Field(
         default=None,

@@ -85,6 +85,14 @@ class ServeSettings(BaseSettings):
     rerank_depth: int = Field(
         default=50, ge=1, le=1000, description="Candidates the ranker re-scores."
     )
+    retrieval: Literal["mean", "late-max"] = Field(
+        default="mean",
+        description="First stage of user and session recommendations: 'mean' searches the "
+        "index with the user's mean vector (ANN, the fastest); 'late-max' scores every product "
+        "passing the filters by its photo and text similarity to the user's recent products, "
+        "z-normalised per modality (the evaluation's fused-late/max: better on H&M, cost "
+        "grows with the filtered set; needs a concat-fused index).",
+    )
     recent_limit: int = Field(
         default=20, ge=1, le=200, description="Recent products kept per user (for reasons)."
     )

@@ -37,6 +37,7 @@ from newarrivals.indexer.version import IndexVersion
 from .audience import AudienceIndex
 
 if TYPE_CHECKING:
+    from newarrivals.indexer.encoders.fusion import ConcatLayout
     from newarrivals.ranker.online import RequestBlend
 from .journal import JournalEntry, product_from_payload
 
@@ -111,6 +112,7 @@ class ServingState:
         loaded_at: When the state was built.
         applied_seq: The last journal sequence number applied.
         replayed: Journal entries applied when the state was built (and caught up).
+        layout: Where each modality sits in the index's vectors (``None``: not concat).
         rerank_blend: The ranker's blend when it holds for this version's index (``rerank``
             then orders by it), else ``None`` (the ranker's probabilities alone).
         rerank_note: Why the blend is not applied to this version (``""``: it is, or there
@@ -130,6 +132,7 @@ class ServingState:
     applied_seq: int = 0
     replayed: int = 0
     lock: ReadWriteLock = field(default_factory=ReadWriteLock)
+    layout: ConcatLayout | None = None
     rerank_blend: RequestBlend | None = None
     rerank_note: str = ""
     ranker_note: str | None = None

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from newarrivals.indexer.encoders.fusion import FusionConfig, fuse
+from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig, fuse
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.protocol import split_catalog
@@ -16,12 +16,7 @@ from newarrivals.indexer.schema import Catalog, EventType, Interaction, Product
 from newarrivals.indexer.users import UserVectorConfig
 from newarrivals.ranker.blend import Blend
 from newarrivals.ranker.evaluation import concat_vectors, feature_columns
-from newarrivals.ranker.online import (
-    SERVING_RETRIEVAL,
-    ConcatLayout,
-    request_blend,
-    request_features,
-)
+from newarrivals.ranker.online import SERVING_RETRIEVAL, request_blend, request_features
 
 CUTOFF = datetime(2024, 3, 1, tzinfo=UTC)
 DT, DI = 6, 4
@@ -164,3 +159,40 @@ def test_request_blend_orders_by_its_weighted_features() -> None:
     scores = applied.score(rng.normal(size=8), cand, rng.normal(size=8), recent, None)
     image = request_features(layout, cand, np.zeros(8), recent, None)["image"]
     assert np.argsort(-scores).tolist() == np.argsort(-image).tolist()
+
+
+def test_late_max_search_is_the_evaluations_fused_late_max_over_the_index() -> None:
+    from newarrivals.indexer.ann import AnnConfig
+    from newarrivals.indexer.retrieval import late_max_search
+    from newarrivals.indexer.store import ProductIndex, SearchFilter
+
+    data = _eval_data()
+    # Some products lack a modality, so the per-modality means and counts matter.
+    text, image = data.vectors["text"], data.vectors["image"]
+    no_photo = np.arange(len(image.present)) % 7 == 3
+    no_text = np.arange(len(text.present)) % 5 == 1
+    vectors = {
+        "text": ProductVectors(text.product_ids, text.vectors, ~no_text),
+        "image": ProductVectors(image.product_ids, image.vectors, ~no_photo | no_text),
+    }
+    data = EvalData(split=data.split, products=data.products, vectors=vectors)
+    expected = feature_columns(data, "fused-late/max", vectors)["retrieval"]
+    fused = concat_vectors(vectors)
+    # The split's cold items are the ones launched on the cutoff; a launch filter keeps them.
+    cold = list(data.split.cold_ids)
+    old = CUTOFF - timedelta(days=90)
+    products = [
+        Product(p, title=p, launched_at=CUTOFF if p in cold else old) for p in fused.product_ids
+    ]
+    store = ProductIndex.build(products, fused.vectors, AnnConfig(factory="Flat"))
+    layout = ConcatLayout.from_manifest(_manifest())
+    cold_only = SearchFilter(launched_after=CUTOFF - timedelta(seconds=1))
+    for u, user in enumerate(data.split.test_users):
+        history = sorted({e.product_id for e in data.split.history[user]})
+        got = late_max_search(store, layout, store.vectors_for(history), len(cold), cold_only)
+        assert len(got) == len(cold)
+        assert {c.product_id for c in got} <= set(cold)
+        want = {pid: float(expected[u, i]) for i, pid in enumerate(cold)}
+        for c in got:
+            assert c.score == pytest.approx(want[c.product_id], abs=1e-5)
+        assert [c.score for c in got] == sorted((c.score for c in got), reverse=True)

@@ -498,9 +498,10 @@ def test_rerank_orders_by_the_blend_when_it_was_fitted_for_the_serving_index(
 ) -> None:
     import shutil
 
+    from newarrivals.indexer.encoders.fusion import ConcatLayout
     from newarrivals.indexer.version import IndexVersion, latest_version
     from newarrivals.ranker.blend import Blend
-    from newarrivals.ranker.online import SERVING_RETRIEVAL, ConcatLayout
+    from newarrivals.ranker.online import SERVING_RETRIEVAL
 
     blended = tmp_path / "blended"
     shutil.copytree(ranker_dir, blended)
@@ -538,3 +539,50 @@ def test_rerank_orders_by_the_blend_when_it_was_fitted_for_the_serving_index(
     body = other.post("/v1/sessions/recommendations", json=request).json()
     assert body["reranked_by"] == "ranker"
     assert all(i["blend_probability"] is None for i in body["items"])
+
+
+def test_late_max_retrieval_serves_the_evaluations_best_first_stage(
+    open_client: Opener, ranker_dir: Path, tiny_index: Path, tmp_path: Path, auth: dict[str, str]
+) -> None:
+    import shutil
+
+    from newarrivals.indexer.encoders.fusion import ConcatLayout
+    from newarrivals.indexer.retrieval import late_max_search
+    from newarrivals.indexer.store import SearchFilter
+    from newarrivals.indexer.version import IndexVersion, latest_version
+    from newarrivals.ranker.blend import Blend
+
+    late = open_client(retrieval="late-max")
+    assert late.get("/v1/admin/version", headers=auth).json()["retrieval"] == "late-max"
+    request = {"product_ids": ["P000001", "P000002"], "k": 8}
+    body = late.post("/v1/sessions/recommendations", json=request).json()
+    # The same search run directly over the index: same products, same scores, same order.
+    index = IndexVersion.load(latest_version(tiny_index), verify=False)
+    layout = ConcatLayout.from_manifest(index.manifest)
+    recent = index.store.vectors_for(["P000002", "P000001"])  # newest first
+    flt = SearchFilter(exclude_ids=frozenset({"P000001", "P000002"}))
+    direct = late_max_search(index.store, layout, recent, 8, flt)
+    assert [i["product_id"] for i in body["items"]] == [c.product_id for c in direct]
+    assert [i["retrieval_score"] for i in body["items"]] == pytest.approx([c.score for c in direct])
+    mean = open_client().post("/v1/sessions/recommendations", json=request).json()
+    assert ids_of(mean) != ids_of(body)
+    # A cold user has nothing to compare with: the popular fallback, as with 'mean'.
+    cold = late.get("/v1/users/nobody/recommendations", params={"k": 3}).json()
+    assert cold["fallback"] is True and len(cold["items"]) == 3
+
+    # The blend that holds here is the one fitted after fused-late/max.
+    fitted = tmp_path / "late-blend"
+    shutil.copytree(ranker_dir, fitted)
+    Blend(("ranker", "retrieval", "image"), (0.1, 1.0, 0.2), retrieval="fused-late/max").save(
+        fitted
+    )
+    served = open_client(ranker=fitted, retrieval="late-max", rerank_depth=10)
+    assert served.get("/v1/admin/version", headers=auth).json()["rerank_order"] == "blend"
+    mean_served = open_client(ranker=fitted, rerank_depth=10)
+    assert mean_served.get("/v1/admin/version", headers=auth).json()["rerank_order"] == "ranker"
+    reranked = served.post("/v1/sessions/recommendations", json={**request, "rerank": True})
+    assert reranked.json()["reranked_by"] == "blend"
+
+
+def ids_of(body: dict[str, Any]) -> list[str]:
+    return [item["product_id"] for item in body["items"]]

@@ -77,6 +77,7 @@ def version(runtime: RuntimeDep, state: StateDep) -> VersionPublic:
         journal_seq=seq,
         ranker_loaded=runtime.ranker is not None,
         ranker_note=state.ranker_note,
+        retrieval=runtime.settings.retrieval,
         rerank_order=(
             None
             if runtime.ranker is None
