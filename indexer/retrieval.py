@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .encoders.fusion import ABSENT_NORM, ConcatLayout
+from .encoders.fusion import ABSENT_NORM, ConcatLayout, late_fuse
 from .errors import ConfigError, NewArrivalsError, UnknownProductError
 from .schema import EventType, Interaction
 from .store import Candidate, ProductIndex, SearchFilter
@@ -292,14 +292,8 @@ def late_max_search(
     ids, raw = store.score_rows(per_modality, flt)
     if not ids:
         return []
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nanmean(raw, axis=0, keepdims=True)
-        std = np.nanstd(raw, axis=0, keepdims=True)
-        z = np.where(std > 0, (raw - mean) / np.where(std > 0, std, 1.0), 0.0)
-    present = np.isfinite(raw)
-    count = present.sum(axis=1)
-    total = np.where(present, z, 0.0).sum(axis=1)
-    score = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+    # The evaluation's LateFusionMethod fuses with the same function, over the cold items.
+    score = late_fuse(list(raw.T), axis=0)
     want = min(int(k), len(ids))
     top = np.argpartition(-score, want - 1)[:want] if want < len(ids) else np.arange(len(ids))
     order = top[np.argsort(-score[top], kind="stable")]

@@ -17,7 +17,7 @@ A product with neither modality has no vector; the build pipeline quarantines it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -28,7 +28,15 @@ import numpy.typing as npt
 from ..errors import ConfigError
 from .base import l2_normalize
 
-__all__ = ["ABSENT_NORM", "ConcatLayout", "FusionConfig", "FusionMode", "fuse", "fused_dim"]
+__all__ = [
+    "ABSENT_NORM",
+    "ConcatLayout",
+    "FusionConfig",
+    "FusionMode",
+    "fuse",
+    "fused_dim",
+    "late_fuse",
+]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -202,3 +210,35 @@ class ConcatLayout:
             unit[~present] = 0.0
             out[name] = (unit, present)
         return out
+
+
+def late_fuse(parts: Sequence[npt.ArrayLike], axis: int) -> FloatArray:
+    """Late fusion of per-modality scores: each part z-normalised along ``axis`` over its
+    finite values, then, per item, the mean of the z-scores of the parts that can score it
+    (``-inf`` where none can).
+
+    z-normalising puts modalities on one scale however different their raw cosine ranges
+    are (MiniLM text cosines sit in a narrow high band, photo ones in a wide low one). A
+    part that is constant along ``axis`` contributes 0.
+
+    Example:
+        >>> late_fuse([[1.0, 3.0, float("nan")], [2.0, 2.0, 4.0]], axis=0).round(2).tolist()
+        [-0.85, 0.15, 1.41]
+    """
+    total: FloatArray | None = None
+    count: FloatArray | None = None
+    for part in parts:
+        raw = np.asarray(part, dtype=np.float64)
+        finite = np.isfinite(raw)
+        masked = np.where(finite, raw, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.nanmean(masked, axis=axis, keepdims=True)
+            std = np.nanstd(masked, axis=axis, keepdims=True)
+        z = np.where(std > 0, (masked - mean) / np.where(std > 0, std, 1.0), 0.0)
+        add = np.where(finite, z, 0.0)
+        total = add if total is None else total + add
+        count = finite.astype(np.float64) if count is None else count + finite
+    if total is None or count is None:
+        raise ConfigError("late_fuse() needs at least one part.")
+    out: FloatArray = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+    return out

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..encoders.base import l2_normalize
+from ..encoders.fusion import late_fuse
 from ..errors import ConfigError
 from ..schema import Interaction, Product
 from ..users import UserVectorConfig
@@ -260,20 +261,9 @@ class LateFusionMethod:
     parts: tuple[ColdItemMethod, ...]
 
     def score(self, data: EvalData) -> FloatArray:
-        total = np.zeros((data.n_users, data.n_items))
-        count = np.zeros((data.n_users, data.n_items))
-        for part in self.parts:
-            raw = np.asarray(part.score(data), dtype=np.float64)
-            finite = np.isfinite(raw)
-            masked = np.where(finite, raw, np.nan)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.nanmean(masked, axis=1, keepdims=True)
-                std = np.nanstd(masked, axis=1, keepdims=True)
-            z = np.where(std > 0, (masked - mean) / np.where(std > 0, std, 1.0), 0.0)
-            total += np.where(finite, z, 0.0)
-            count += finite
-        out: FloatArray = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
-        return out
+        if not self.parts:
+            return np.full((data.n_users, data.n_items), -np.inf)
+        return late_fuse([part.score(data) for part in self.parts], axis=1)
 
 
 # Trains a user tower on the split's train interactions (nothing after the cutoff) and
