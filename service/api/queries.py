@@ -92,15 +92,16 @@ class _Retrieved:
 
 
 def _reasons(
-    state: ServingState, candidates: Sequence[Candidate], recent: Sequence[str]
+    state: ServingState,
+    candidates: Sequence[Candidate],
+    candidate_vectors: np.ndarray,
+    live: Sequence[str],
+    live_vectors: np.ndarray,
 ) -> dict[str, ReasonPublic]:
     """For each candidate, the recent product it is closest to (read lock held)."""
-    live = [p for p in recent if p in state.store]
     if not candidates or not live:
         return {}
-    cand = state.store.vectors_for([c.product_id for c in candidates])
-    ctx = state.store.vectors_for(live)
-    sims = cand @ ctx.T
+    sims = candidate_vectors @ live_vectors.T
     best = sims.argmax(axis=1)
     out: dict[str, ReasonPublic] = {}
     for i, (c, j) in enumerate(zip(candidates, best.tolist(), strict=True)):
@@ -135,31 +136,33 @@ def _retrieve(
     the first stage is :func:`~newarrivals.indexer.retrieval.late_max_search`; otherwise
     the index's search with ``query``.
     """
-    live_recent = [p for p in recent if p in state.store]
-    if late and live_recent and state.layout is not None:
-        candidates = late_max_search(
-            state.store, state.layout, state.store.vectors_for(live_recent), depth, flt
-        )
+    # The recent products' and the candidates' vectors are read once, for the late search,
+    # the reasons and the blend alike.
+    live = [p for p in recent if p in state.store]
+    live_vectors = (
+        state.store.vectors_for(live) if live else np.zeros((0, state.store.dim), np.float32)
+    )
+    if late and live and state.layout is not None:
+        candidates = late_max_search(state.store, state.layout, live_vectors, depth, flt)
     else:
         candidates = state.store.search(query[None, :].astype(np.float32), depth, flt)[0]
     products = {c.product_id: state.products[c.product_id] for c in candidates}
     context = [state.products[p] for p in recent if p in state.products]
+    blending = rerank and state.rerank_blend is not None and bool(candidates)
+    candidate_vectors = (
+        state.store.vectors_for([c.product_id for c in candidates])
+        if candidates and (live or blending)
+        else np.zeros((len(candidates), state.store.dim), np.float32)
+    )
     blend = None
-    if rerank and state.rerank_blend is not None and candidates:
+    if blending and state.rerank_blend is not None:
         blend = _BlendInputs(
-            blend=state.rerank_blend,
-            candidates=state.store.vectors_for([c.product_id for c in candidates]),
-            recent=(
-                state.store.vectors_for(live_recent)
-                if live_recent
-                else np.zeros((0, state.store.dim))
-            ),
-            user=user,
+            blend=state.rerank_blend, candidates=candidate_vectors, recent=live_vectors, user=user
         )
     return _Retrieved(
         candidates=candidates,
         products=products,
-        reasons=_reasons(state, candidates, recent),
+        reasons=_reasons(state, candidates, candidate_vectors, live, live_vectors),
         context=context,
         index_version=state.version.version,
         blend=blend,
