@@ -22,9 +22,8 @@ Those two differences are why the serving blend is measured on its own (README).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -120,9 +119,10 @@ class RequestBlend:
 
 
 def request_blend(
-    blend: Blend | None, manifest: Mapping[str, Any], retrieval: str = SERVING_RETRIEVAL
+    blend: Blend | None, layout: ConcatLayout | None, retrieval: str = SERVING_RETRIEVAL
 ) -> tuple[RequestBlend | None, str]:
-    """The blend serving can apply on the index ``manifest`` describes, and why not if not.
+    """The blend serving can apply on an index with ``layout`` (``None``: the index is not
+    concat-fused), and why not if not.
 
     A blend's weights hold for the first stage its lists came from, so only a blend fitted
     after the first stage serving runs (``retrieval``, one of :data:`SERVING_RETRIEVALS`'
@@ -141,10 +141,11 @@ def request_blend(
             f"{retrieval}; refit it with `newarrivals train-ranker --blend-only "
             f"--retrieval {retrieval}` (same other options)"
         )
-    try:
-        layout = ConcatLayout.from_manifest(manifest)
-    except ConfigError as exc:
-        return None, str(exc)
+    if layout is None:
+        return None, (
+            "the index does not fuse by concat, so the blend's per-modality features cannot "
+            "be read from its vectors; rebuild it with --fusion concat (the default)"
+        )
     default = FusionConfig()
     weights = (layout.fusion.text_weight, layout.fusion.image_weight)
     both = "text" in layout.modalities and "image" in layout.modalities

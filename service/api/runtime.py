@@ -270,7 +270,7 @@ class Runtime:
         if ranker_dir is None:
             return
         applied, why_not = request_blend(
-            self.blend, state.version.manifest, SERVING_RETRIEVALS[self.settings.retrieval]
+            self.blend, state.layout, SERVING_RETRIEVALS[self.settings.retrieval]
         )
         state.rerank_blend, state.rerank_note = applied, why_not
         state.ranker_note = holdout_warning(

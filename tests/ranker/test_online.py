@@ -127,23 +127,27 @@ def test_missing_modalities_and_history_give_nan_not_a_score() -> None:
         request_features(layout, cand, np.arange(2.0), recent, None)
 
 
+def _layout(fusion: dict[str, Any] | None = None, image: bool = True) -> ConcatLayout:
+    return ConcatLayout.from_manifest(_manifest(fusion, image))
+
+
 def _blend(retrieval: str = SERVING_RETRIEVAL, features: tuple[str, ...] = ()) -> Blend:
     names = features or ("ranker", "retrieval", "image", "text", "image-mean", "text-mean")
     return Blend(names, tuple(1.0 for _ in names), retrieval=retrieval)
 
 
 def test_a_blend_applies_only_to_the_first_stage_and_index_it_was_fitted_for() -> None:
-    applied, why = request_blend(_blend(), _manifest())
+    applied, why = request_blend(_blend(), _layout())
     assert applied is not None and why == ""
-    assert request_blend(None, _manifest())[1].startswith("the ranker has no blend.json")
-    _, why = request_blend(_blend("fused-late/max"), _manifest())
+    assert request_blend(None, _layout())[1].startswith("the ranker has no blend.json")
+    _, why = request_blend(_blend("fused-late/max"), _layout())
     assert "fused-late/max" in why and "--retrieval fused-concat/mean" in why
-    _, why = request_blend(_blend(), _manifest({"mode": "concat", "image_weight": 1.0}))
+    _, why = request_blend(_blend(), _layout({"mode": "concat", "image_weight": 1.0}))
     assert "weights" in why and "0.5" in why
-    _, why = request_blend(_blend(), _manifest(image=False))
+    _, why = request_blend(_blend(), _layout(image=False))
     assert "image" in why and "cannot give" in why
     text_only = _blend(features=("ranker", "retrieval", "text", "text-mean"))
-    assert request_blend(text_only, _manifest(image=False))[0] is not None
+    assert request_blend(text_only, _layout(image=False))[0] is not None
 
 
 def test_request_blend_orders_by_its_weighted_features() -> None:
@@ -153,7 +157,7 @@ def test_request_blend_orders_by_its_weighted_features() -> None:
     recent = fuse(FusionConfig(), _unit(rng, 2, DT), None, _unit(rng, 2, DI), None)
     applied, _ = request_blend(
         Blend(("ranker", "retrieval", "image"), (0.0, 0.0, 1.0), retrieval=SERVING_RETRIEVAL),
-        _manifest(),
+        _layout(),
     )
     assert applied is not None
     scores = applied.score(rng.normal(size=8), cand, rng.normal(size=8), recent, None)
