@@ -137,7 +137,6 @@ class Runtime:
         """Load the ranker and the index version, replay the journal, publish the state."""
         try:
             if self.settings.ranker is not None:
-                from newarrivals.ranker.blend import Blend
                 from newarrivals.ranker.runtime import load_ranker
 
                 self.ranker = load_ranker(

@@ -35,11 +35,11 @@ from newarrivals.indexer.users import UserVectors
 from newarrivals.indexer.version import IndexVersion
 
 from .audience import AudienceIndex
+from .journal import JournalEntry, product_from_payload
 
 if TYPE_CHECKING:
     from newarrivals.indexer.encoders.fusion import ConcatLayout
     from newarrivals.ranker.online import RequestBlend
-from .journal import JournalEntry, product_from_payload
 
 __all__ = ["ReadWriteLock", "ServingState", "load_state", "resolve_catalog"]
 
