@@ -7,9 +7,8 @@ and its evaluation figures measure one thing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -26,20 +25,10 @@ from newarrivals.indexer.readers import read_catalog
 from newarrivals.indexer.version import IndexVersion, latest_version
 from newarrivals.ranker.evaluation import retrieval_method
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "served_quality.py"
-
 
 @pytest.fixture(scope="module")
-def served_quality() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("served_quality", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+def served_quality(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("served_quality.py")
 
 
 def test_served_first_stages_score_as_the_evaluation_scores_them(
