@@ -32,7 +32,7 @@ import numpy as np
 
 from newarrivals.indexer.evaluation import EvaluateConfig, resolve_profile
 from newarrivals.indexer.evaluation.metrics import ndcg_at_k, recall_at_k, standard_error
-from newarrivals.indexer.evaluation.protocol import ColdStartSplit, split_catalog
+from newarrivals.indexer.evaluation.protocol import ColdStartSplit
 from newarrivals.indexer.readers import read_catalog
 
 #: The session route's cap on events per body: longer histories send their newest 200.
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = resolve_profile(
         EvaluateConfig(data=args.data, cutoff=args.cutoff, text=None), catalog
     )
-    split = split_catalog(
-        catalog, profile.cutoff, test_events=profile.test_events, same_product=profile.same_product
-    )
+    split = profile.split(catalog)
     users = list(split.test_users)
     if args.users is not None and args.users < len(users):
         rng = np.random.default_rng(0)

@@ -193,6 +193,12 @@ class DatasetProfile:
             "attributes": self.keys.to_dict(),
         }
 
+    def split(self, catalog: Catalog) -> ColdStartSplit:
+        """The cold-start split of ``catalog`` these settings define."""
+        return split_catalog(
+            catalog, self.cutoff, test_events=self.test_events, same_product=self.same_product
+        )
+
 
 def resolve_profile(config: EvaluateConfig, catalog: Catalog) -> DatasetProfile:
     """Fill in the dataset defaults the config leaves open (see the module table).
@@ -377,12 +383,7 @@ def evaluate(
             f"{config.data} has no interactions; evaluation needs a purchase/event history."
         )
     profile = resolve_profile(config, catalog)
-    split = split_catalog(
-        catalog,
-        profile.cutoff,
-        test_events=profile.test_events,
-        same_product=profile.same_product,
-    )
+    split = profile.split(catalog)
     logger.info("split %s: %s", profile.name, split.summary())
     if not split.test_users:
         raise CatalogError(

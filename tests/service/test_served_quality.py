@@ -20,7 +20,6 @@ from newarrivals.indexer.encoders.fusion import ConcatLayout
 from newarrivals.indexer.evaluation import EvaluateConfig, resolve_profile
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.metrics import ndcg_at_k
-from newarrivals.indexer.evaluation.protocol import split_catalog
 from newarrivals.indexer.readers import read_catalog
 from newarrivals.indexer.version import IndexVersion, latest_version
 from newarrivals.ranker.evaluation import retrieval_method
@@ -48,9 +47,7 @@ def test_served_first_stages_score_as_the_evaluation_scores_them(
     }
     catalog = read_catalog(synth_dir)
     profile = resolve_profile(EvaluateConfig(data=synth_dir, text=None), catalog)
-    split = split_catalog(
-        catalog, profile.cutoff, test_events=profile.test_events, same_product=profile.same_product
-    )
+    split = profile.split(catalog)
     # The API's new-arrivals filter is by launch date; the split's cold items also hold
     # products launched earlier but first bought after the cutoff, which it cannot return,
     # and late fusion z-normalises over what the filter lets through. So the evaluation
