@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import (
+from newarrivals.indexer.errors import (
     CatalogError,
     ConfigError,
     IndexIntegrityError,
@@ -10,7 +10,7 @@ from .errors import (
     NewArrivalsError,
     UnknownProductError,
 )
-from .schema import (
+from newarrivals.indexer.schema import (
     Catalog,
     EventType,
     Interaction,

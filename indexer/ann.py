@@ -44,9 +44,9 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from .device import faiss_gpu_count
-from .errors import ConfigError, IndexIntegrityError
-from .validation import require_known_fields
+from newarrivals.indexer.device import faiss_gpu_count
+from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
+from newarrivals.indexer.validation import require_known_fields
 
 __all__ = [
     "BACKENDS",

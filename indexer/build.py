@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .ann import AnnConfig, auto_factory
-from .cache import EmbeddingCache
-from .device import faiss_gpu_count, resolve_device
-from .encoders import (
+from newarrivals.indexer.ann import AnnConfig, auto_factory
+from newarrivals.indexer.cache import EmbeddingCache
+from newarrivals.indexer.device import faiss_gpu_count, resolve_device
+from newarrivals.indexer.encoders import (
     FusionConfig,
     ImageEncoder,
     ImageEncoderConfig,
@@ -40,12 +40,23 @@ from .encoders import (
     fused_dim,
     text_digest,
 )
-from .encoders.onnx_runtime import export_image, export_text, load_image_export, load_text_export
-from .errors import CatalogError, ConfigError
-from .readers import read_catalog, write_rejects
-from .schema import Catalog, Product, Reject, SourceRef, product_document
-from .store import ProductIndex
-from .version import FORMAT_VERSION, library_versions, new_version_id, publish_version, utc_now
+from newarrivals.indexer.encoders.onnx_runtime import (
+    export_image,
+    export_text,
+    load_image_export,
+    load_text_export,
+)
+from newarrivals.indexer.errors import CatalogError, ConfigError
+from newarrivals.indexer.readers import read_catalog, write_rejects
+from newarrivals.indexer.schema import Catalog, Product, Reject, SourceRef, product_document
+from newarrivals.indexer.store import ProductIndex
+from newarrivals.indexer.version import (
+    FORMAT_VERSION,
+    library_versions,
+    new_version_id,
+    publish_version,
+    utc_now,
+)
 
 __all__ = [
     "BuildConfig",

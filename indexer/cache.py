@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexIntegrityError
+from newarrivals.indexer.errors import IndexIntegrityError
 
 __all__ = ["EmbeddingCache"]
 

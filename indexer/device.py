@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import ConfigError
+from newarrivals.indexer.errors import ConfigError
 
 __all__ = ["cuda_available", "faiss_gpu_count", "resolve_device"]
 

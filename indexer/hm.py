@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .errors import CatalogError, ConfigError
-from .readers import (
+from newarrivals.indexer.errors import CatalogError, ConfigError
+from newarrivals.indexer.readers import (
     _absolute,
     _iter_csv,
     _parse_price,
@@ -49,7 +49,15 @@ from .readers import (
     _Quarantine,
     _RowError,
 )
-from .schema import Catalog, EventType, Interaction, Product, Reject, SourceRef, TextSource
+from newarrivals.indexer.schema import (
+    Catalog,
+    EventType,
+    Interaction,
+    Product,
+    Reject,
+    SourceRef,
+    TextSource,
+)
 
 __all__ = ["ARTICLES_FILE", "IMAGES_DIR", "TRANSACTIONS_FILE", "is_hm_layout", "read_hm"]
 

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .encoders import (
+from newarrivals.indexer.encoders import (
     FusionConfig,
     ImageEncoder,
     ImageEncoderConfig,
@@ -68,10 +68,15 @@ from .encoders import (
     l2_normalize,
     load_photo,
 )
-from .errors import CatalogError, ConfigError
-from .schema import Product
-from .validation import require_fraction, require_int, require_known_fields, require_positive
-from .version import library_versions
+from newarrivals.indexer.errors import CatalogError, ConfigError
+from newarrivals.indexer.schema import Product
+from newarrivals.indexer.validation import (
+    require_fraction,
+    require_int,
+    require_known_fields,
+    require_positive,
+)
+from newarrivals.indexer.version import library_versions
 
 if TYPE_CHECKING:
     import torch
@@ -787,7 +792,7 @@ def train_image_tower(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from .device import resolve_device
+    from newarrivals.indexer.device import resolve_device
 
     _check_text_vectors(products, text_vectors, "text_vectors")
     if test_text_vectors is not None:
@@ -1075,9 +1080,9 @@ def align_images(
     Returns:
         The training report plus the photo-only counts.
     """
-    from .build import encode_products
-    from .device import resolve_device
-    from .readers import read_catalog
+    from newarrivals.indexer.build import encode_products
+    from newarrivals.indexer.device import resolve_device
+    from newarrivals.indexer.readers import read_catalog
 
     text_config = text_config if text_config is not None else TextEncoderConfig()
     if launched_before is not None and launched_before.utcoffset() is None:

@@ -66,8 +66,16 @@ from urllib.request import url2pathname
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import CatalogError, ConfigError
-from .schema import Catalog, EventType, Interaction, Product, Reject, SourceRef, TextSource
+from newarrivals.indexer.errors import CatalogError, ConfigError
+from newarrivals.indexer.schema import (
+    Catalog,
+    EventType,
+    Interaction,
+    Product,
+    Reject,
+    SourceRef,
+    TextSource,
+)
 
 __all__ = [
     "READ_SUFFIXES",
@@ -293,7 +301,7 @@ def read_catalog(path: Path, *, strict: bool = False) -> Catalog:
         raise CatalogError(f"catalogue path {path} does not exist; pass a folder or a file.")
     # Imported here, not at the top: hm builds on this module's row helpers, so a top-level
     # import would be circular.
-    from .hm import ARTICLES_FILE, TRANSACTIONS_FILE, is_hm_layout, read_hm
+    from newarrivals.indexer.hm import ARTICLES_FILE, TRANSACTIONS_FILE, is_hm_layout, read_hm
 
     if is_hm_layout(path):
         return read_hm(path, strict=strict)

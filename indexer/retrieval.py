@@ -25,11 +25,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .encoders.fusion import ABSENT_NORM, ConcatLayout, late_fuse
-from .errors import ConfigError, NewArrivalsError, UnknownProductError
-from .schema import EventType, Interaction
-from .store import Candidate, ProductIndex, SearchFilter
-from .users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
+from newarrivals.indexer.encoders.fusion import ABSENT_NORM, ConcatLayout, late_fuse
+from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
+from newarrivals.indexer.schema import EventType, Interaction
+from newarrivals.indexer.store import Candidate, ProductIndex, SearchFilter
+from newarrivals.indexer.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
 
 __all__ = [
     "ColdUserError",

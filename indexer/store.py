@@ -40,9 +40,14 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from .ann import AnnConfig, VectorIndex, load_index, make_index
-from .errors import CatalogError, ConfigError, IndexIntegrityError, UnknownProductError
-from .schema import CATEGORY_SEPARATOR, Product
+from newarrivals.indexer.ann import AnnConfig, VectorIndex, load_index, make_index
+from newarrivals.indexer.errors import (
+    CatalogError,
+    ConfigError,
+    IndexIntegrityError,
+    UnknownProductError,
+)
+from newarrivals.indexer.schema import CATEGORY_SEPARATOR, Product
 
 __all__ = ["Candidate", "ProductIndex", "SearchFilter"]
 

@@ -42,9 +42,14 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
-from .errors import CatalogError, ConfigError
-from .schema import Catalog, EventType, Interaction, Product, TextSource
-from .validation import require_fraction, require_int, require_known_fields, require_positive
+from newarrivals.indexer.errors import CatalogError, ConfigError
+from newarrivals.indexer.schema import Catalog, EventType, Interaction, Product, TextSource
+from newarrivals.indexer.validation import (
+    require_fraction,
+    require_int,
+    require_known_fields,
+    require_positive,
+)
 
 __all__ = [
     "ATTRIBUTE_VALUES",
@@ -1299,7 +1304,9 @@ def write_synthetic(
     Returns:
         ``out_dir``.
     """
-    from .readers import write_catalog  # readers pulls in pandas; only writers need it
+    from newarrivals.indexer.readers import (
+        write_catalog,  # readers pulls in pandas; only writers need it
+    )
 
     out_dir = Path(out_dir).resolve()
     images = out_dir / "images"

@@ -65,18 +65,18 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from torch import nn
 
-from .device import resolve_device
-from .errors import ConfigError, IndexIntegrityError, NewArrivalsError
-from .schema import EventType, Interaction
-from .users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
-from .validation import (
+from newarrivals.indexer.device import resolve_device
+from newarrivals.indexer.errors import ConfigError, IndexIntegrityError, NewArrivalsError
+from newarrivals.indexer.schema import EventType, Interaction
+from newarrivals.indexer.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
+from newarrivals.indexer.validation import (
     require_flag,
     require_fraction,
     require_int,
     require_known_fields,
     require_positive,
 )
-from .version import library_versions
+from newarrivals.indexer.version import library_versions
 
 __all__ = [
     "MANIFEST_FILE",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from .errors import ConfigError
+from newarrivals.indexer.errors import ConfigError
 
 __all__ = [
     "require_flag",

@@ -25,9 +25,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .encoders.base import file_digest
-from .errors import IndexIntegrityError
-from .store import ProductIndex
+from newarrivals.indexer.encoders.base import file_digest
+from newarrivals.indexer.errors import IndexIntegrityError
+from newarrivals.indexer.store import ProductIndex
 
 __all__ = [
     "FORMAT_VERSION",

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from .base import CandidateTokenCache, PairRanker, Ranker
-from .config import RankerConfig, RankerTrainConfig
-from .context import PairBatch, UserContext, candidate_text, context_item_text, context_text
-from .distill import (
+from newarrivals.ranker.base import CandidateTokenCache, PairRanker, Ranker
+from newarrivals.ranker.config import RankerConfig, RankerTrainConfig
+from newarrivals.ranker.context import (
+    PairBatch,
+    UserContext,
+    candidate_text,
+    context_item_text,
+    context_text,
+)
+from newarrivals.ranker.distill import (
     DistillConfig,
     DistillReport,
     StudentConfig,
@@ -14,17 +20,21 @@ from .distill import (
     fit_student,
     rank_agreement,
 )
-from .mmr import intra_list_diversity, mmr_order, mmr_rerank
-from .model import (
+from newarrivals.ranker.mmr import intra_list_diversity, mmr_order, mmr_rerank
+from newarrivals.ranker.model import (
     CrossEncoderRanker,
     RankingInputError,
     ScoredCandidate,
     TorchPairRanker,
     softmax,
 )
-from .runtime import OnnxRanker, configure_threads, export_onnx, load_ranker
-from .shared import OnnxSharedContextRanker, SharedContextConfig, SharedContextRanker
-from .trainer import (
+from newarrivals.ranker.runtime import OnnxRanker, configure_threads, export_onnx, load_ranker
+from newarrivals.ranker.shared import (
+    OnnxSharedContextRanker,
+    SharedContextConfig,
+    SharedContextRanker,
+)
+from newarrivals.ranker.trainer import (
     EpochRecord,
     RankerTrainingReport,
     TrainingList,

@@ -26,9 +26,8 @@ from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownPro
 from newarrivals.indexer.schema import Product
 from newarrivals.indexer.store import Candidate
 from newarrivals.indexer.validation import require_int
-
-from .config import RankerConfig
-from .context import (
+from newarrivals.ranker.config import RankerConfig
+from newarrivals.ranker.context import (
     PairBatch,
     TokenizerLike,
     UserContext,

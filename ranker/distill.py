@@ -56,12 +56,11 @@ from newarrivals.indexer.validation import (
     require_known_fields,
     require_positive,
 )
-
-from .base import softmax
-from .config import RankerTrainConfig
-from .model import CrossEncoderRanker, TorchPairRanker
-from .shared import SharedContextConfig, SharedContextRanker
-from .trainer import (
+from newarrivals.ranker.base import softmax
+from newarrivals.ranker.config import RankerTrainConfig
+from newarrivals.ranker.model import CrossEncoderRanker, TorchPairRanker
+from newarrivals.ranker.shared import SharedContextConfig, SharedContextRanker
+from newarrivals.ranker.trainer import (
     ColdStartListConfig,
     EarlyStopping,
     TrainingList,

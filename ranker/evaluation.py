@@ -55,10 +55,9 @@ from newarrivals.indexer.evaluation.metrics import standard_error
 from newarrivals.indexer.evaluation.report import MethodResult
 from newarrivals.indexer.schema import Interaction, Product
 from newarrivals.indexer.validation import require_fraction, require_int
-
-from .blend import Blend
-from .context import UserContext, candidate_text, context_item_text
-from .mmr import intra_list_diversity, mmr_order
+from newarrivals.ranker.blend import Blend
+from newarrivals.ranker.context import UserContext, candidate_text, context_item_text
+from newarrivals.ranker.mmr import intra_list_diversity, mmr_order
 
 __all__ = [
     "FEATURES",

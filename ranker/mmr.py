@@ -21,8 +21,7 @@ import numpy.typing as npt
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
 from newarrivals.indexer.store import ProductIndex
 from newarrivals.indexer.validation import require_fraction, require_int
-
-from .model import ScoredCandidate
+from newarrivals.ranker.model import ScoredCandidate
 
 __all__ = ["intra_list_diversity", "mmr_order", "mmr_rerank"]
 

@@ -31,8 +31,7 @@ import numpy as np
 from newarrivals.indexer.encoders.text import BUNDLED_MINILM, bundled_minilm_path
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.indexer.version import library_versions
-
-from .base import (
+from newarrivals.ranker.base import (
     DEFAULT_CACHE_SIZE,
     FloatArray,
     PairRanker,
@@ -41,8 +40,8 @@ from .base import (
     ScoredCandidate,
     softmax,
 )
-from .config import RankerConfig
-from .context import PairBatch
+from newarrivals.ranker.config import RankerConfig
+from newarrivals.ranker.context import PairBatch
 
 if TYPE_CHECKING:
     import torch

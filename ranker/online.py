@@ -30,9 +30,8 @@ import numpy.typing as npt
 
 from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig
 from newarrivals.indexer.errors import ConfigError
-
-from .blend import Blend
-from .evaluation import candidate_features
+from newarrivals.ranker.blend import Blend
+from newarrivals.ranker.evaluation import candidate_features
 
 __all__ = [
     "SERVING_RETRIEVAL",

@@ -35,11 +35,10 @@ import numpy as np
 
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError, MissingExtraError
 from newarrivals.indexer.validation import require_int
-
-from .base import DEFAULT_CACHE_SIZE, FloatArray, PairRanker, Ranker
-from .config import RankerConfig
-from .context import PairBatch
-from .model import (
+from newarrivals.ranker.base import DEFAULT_CACHE_SIZE, FloatArray, PairRanker, Ranker
+from newarrivals.ranker.config import RankerConfig
+from newarrivals.ranker.context import PairBatch
+from newarrivals.ranker.model import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     TORCH_KIND,
@@ -255,7 +254,7 @@ def export_onnx(
             f"default_precision {default!r} is not among the exported precisions {wanted}."
         )
     _require_onnx()
-    from .shared import SharedContextRanker, export_shared_onnx
+    from newarrivals.ranker.shared import SharedContextRanker, export_shared_onnx
 
     if isinstance(ranker, SharedContextRanker):
         return export_shared_onnx(
@@ -483,7 +482,7 @@ def load_ranker(
         ConfigError: for a directory without a ranker manifest, an unknown ``kind`` (the
             valid ones are named), or an ONNX ranker asked onto a GPU.
     """
-    from .shared import (
+    from newarrivals.ranker.shared import (
         ONNX_SHARED_KIND,
         SHARED_KIND,
         OnnxSharedContextRanker,

@@ -37,11 +37,10 @@ import numpy.typing as npt
 
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.indexer.validation import require_fraction, require_int, require_known_fields
-
-from .base import DEFAULT_CACHE_SIZE, FloatArray, PairRanker
-from .config import RankerConfig
-from .context import PairBatch, UserContext
-from .model import FORMAT_VERSION, MANIFEST_FILE, TorchPairRanker, read_manifest
+from newarrivals.ranker.base import DEFAULT_CACHE_SIZE, FloatArray, PairRanker
+from newarrivals.ranker.config import RankerConfig
+from newarrivals.ranker.context import PairBatch, UserContext
+from newarrivals.ranker.model import FORMAT_VERSION, MANIFEST_FILE, TorchPairRanker, read_manifest
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -176,7 +175,7 @@ class SharedContextRanker(TorchPairRanker):
         """A new, randomly initialised model of ``shape`` reading ``tokenizer``'s vocabulary."""
         import torch
 
-        from ._shared_nn import SharedContextEncoder
+        from newarrivals.ranker._shared_nn import SharedContextEncoder
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -196,7 +195,7 @@ class SharedContextRanker(TorchPairRanker):
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
-        from ._shared_nn import SharedContextEncoder
+        from newarrivals.ranker._shared_nn import SharedContextEncoder
 
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -327,7 +326,7 @@ def export_shared_onnx(
     import onnxruntime
     import torch
 
-    from .runtime import _onnx_library_versions, session_options
+    from newarrivals.ranker.runtime import _onnx_library_versions, session_options
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -486,7 +485,7 @@ class OnnxSharedContextRanker(PairRanker):
         import onnxruntime
         from transformers import AutoTokenizer
 
-        from .runtime import onnx_graphs, session_options
+        from newarrivals.ranker.runtime import onnx_graphs, session_options
 
         directory = Path(directory)
         manifest, chosen, paths = onnx_graphs(

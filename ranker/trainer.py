@@ -84,19 +84,18 @@ from newarrivals.indexer.schema import Catalog, Interaction, Product
 from newarrivals.indexer.store import ProductIndex
 from newarrivals.indexer.users import UserVectors
 from newarrivals.indexer.validation import require_int, require_positive
-
-from .base import PairRanker
-from .blend import Blend, BlendList, fit_blend
-from .config import RankerConfig, RankerTrainConfig
-from .context import candidate_text, context_text, encode_texts
-from .evaluation import (
+from newarrivals.ranker.base import PairRanker
+from newarrivals.ranker.blend import Blend, BlendList, fit_blend
+from newarrivals.ranker.config import RankerConfig, RankerTrainConfig
+from newarrivals.ranker.context import candidate_text, context_text, encode_texts
+from newarrivals.ranker.evaluation import (
     RETRIEVAL_METHODS,
     candidate_features,
     feature_columns,
     recent_products,
     top_candidates,
 )
-from .model import CrossEncoderRanker, softmax
+from newarrivals.ranker.model import CrossEncoderRanker, softmax
 
 __all__ = [
     "ColdStartListConfig",

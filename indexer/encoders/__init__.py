@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import Encoder, file_digest, l2_normalize, text_digest
-from .fusion import FusionConfig, FusionMode, fuse, fused_dim
-from .image import (
+from newarrivals.indexer.encoders.base import Encoder, file_digest, l2_normalize, text_digest
+from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode, fuse, fused_dim
+from newarrivals.indexer.encoders.image import (
     BUILTIN_TOWERS,
     ImageEncoder,
     ImageEncoderConfig,
@@ -14,7 +14,7 @@ from .image import (
     decode_photo,
     load_photo,
 )
-from .text import (
+from newarrivals.indexer.encoders.text import (
     BUNDLED_MINILM,
     TextEncoder,
     TextEncoderConfig,

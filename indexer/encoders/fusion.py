@@ -25,8 +25,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError
-from .base import l2_normalize
+from newarrivals.indexer.encoders.base import l2_normalize
+from newarrivals.indexer.errors import ConfigError
 
 __all__ = [
     "ABSENT_NORM",

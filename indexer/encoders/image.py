@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, MissingExtraError, NewArrivalsError
-from .base import directory_digest, file_digest, l2_normalize
+from newarrivals.indexer.encoders.base import directory_digest, file_digest, l2_normalize
+from newarrivals.indexer.errors import ConfigError, MissingExtraError, NewArrivalsError
 
 if TYPE_CHECKING:
     import torch

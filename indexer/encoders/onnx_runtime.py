@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import MissingExtraError
-from .base import file_digest, l2_normalize
-from .image import ImageEncodeResult, UnreadableImageError, load_photo
+from newarrivals.indexer.encoders.base import file_digest, l2_normalize
+from newarrivals.indexer.encoders.image import ImageEncodeResult, UnreadableImageError, load_photo
+from newarrivals.indexer.errors import MissingExtraError
 
 if TYPE_CHECKING:
-    from .image import ImageEncoder
-    from .text import TextEncoder
+    from newarrivals.indexer.encoders.image import ImageEncoder
+    from newarrivals.indexer.encoders.text import TextEncoder
 
 __all__ = [
     "ImageRecipe",

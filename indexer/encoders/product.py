@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError
-from ..schema import Product, product_document
-from .fusion import FusionConfig, fuse, fused_dim
-from .image import ImageEncoder, ImageEncoderConfig, ImageEncoding
-from .onnx_runtime import load_image_export, load_text_export
-from .text import TextEncoder, TextEncoderConfig, TextEncoding
+from newarrivals.indexer.encoders.fusion import FusionConfig, fuse, fused_dim
+from newarrivals.indexer.encoders.image import ImageEncoder, ImageEncoderConfig, ImageEncoding
+from newarrivals.indexer.encoders.onnx_runtime import load_image_export, load_text_export
+from newarrivals.indexer.encoders.text import TextEncoder, TextEncoderConfig, TextEncoding
+from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.schema import Product, product_document
 
 __all__ = ["EncodedInputs", "ProductEncoder"]
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import ConfigError, MissingExtraError
-from .base import directory_digest, l2_normalize
+from newarrivals.indexer.encoders.base import directory_digest, l2_normalize
+from newarrivals.indexer.errors import ConfigError, MissingExtraError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

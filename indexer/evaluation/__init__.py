@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .baselines import (
+from newarrivals.indexer.evaluation.baselines import (
     AttributeAffinity,
     AttributeKeys,
     RandomBaseline,
@@ -10,7 +10,7 @@ from .baselines import (
     default_keys_for,
     product_attribute,
 )
-from .methods import (
+from newarrivals.indexer.evaluation.methods import (
     ColdItemMethod,
     EvalData,
     LateFusionMethod,
@@ -22,7 +22,7 @@ from .methods import (
     centre_vectors,
     fuse_vectors,
 )
-from .metrics import (
+from newarrivals.indexer.evaluation.metrics import (
     MetricSpec,
     PerUserMetrics,
     hit_rate_at_k,
@@ -33,9 +33,25 @@ from .metrics import (
     score_rankings,
     standard_error,
 )
-from .protocol import ColdStartSplit, SameProductRule, parse_cutoff, parse_events, split_catalog
-from .report import EvaluationReport, Margin, MethodResult, compute_margins
-from .run import DatasetProfile, EvaluateConfig, evaluate, resolve_profile
+from newarrivals.indexer.evaluation.protocol import (
+    ColdStartSplit,
+    SameProductRule,
+    parse_cutoff,
+    parse_events,
+    split_catalog,
+)
+from newarrivals.indexer.evaluation.report import (
+    EvaluationReport,
+    Margin,
+    MethodResult,
+    compute_margins,
+)
+from newarrivals.indexer.evaluation.run import (
+    DatasetProfile,
+    EvaluateConfig,
+    evaluate,
+    resolve_profile,
+)
 
 __all__ = [
     "AttributeAffinity",

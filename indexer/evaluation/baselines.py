@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError
-from ..schema import Product
-from .methods import EvalData
+from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.evaluation.methods import EvalData
+from newarrivals.indexer.schema import Product
 
 __all__ = [
     "AttributeAffinity",

@@ -40,12 +40,12 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ..encoders.base import l2_normalize
-from ..encoders.fusion import late_fuse
-from ..errors import ConfigError
-from ..schema import Interaction, Product
-from ..users import UserVectorConfig
-from .protocol import ColdStartSplit
+from newarrivals.indexer.encoders.base import l2_normalize
+from newarrivals.indexer.encoders.fusion import late_fuse
+from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.evaluation.protocol import ColdStartSplit
+from newarrivals.indexer.schema import Interaction, Product
+from newarrivals.indexer.users import UserVectorConfig
 
 __all__ = [
     "ColdItemMethod",

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError
+from newarrivals.indexer.errors import ConfigError
 
 __all__ = [
     "MetricSpec",

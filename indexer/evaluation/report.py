@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import MetricSpec, PerUserMetrics, standard_error
+from newarrivals.indexer.evaluation.metrics import MetricSpec, PerUserMetrics, standard_error
 
 __all__ = ["EvaluationReport", "Margin", "MethodResult", "compute_margins"]
 

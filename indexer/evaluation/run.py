@@ -35,24 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from ..build import encode_products
-from ..device import resolve_device
-from ..encoders import FusionConfig, ImageEncoder, ImageEncoderConfig, TextEncoder
-from ..encoders.text import TextEncoderConfig
-from ..errors import CatalogError, ConfigError, NewArrivalsError
-from ..hm import is_hm_layout
-from ..readers import read_catalog
-from ..schema import Catalog, EventType, Product
-from ..synth import GROUND_TRUTH_FILE, load_ground_truth
-from ..version import library_versions
-from .baselines import (
+from newarrivals.indexer.build import encode_products
+from newarrivals.indexer.device import resolve_device
+from newarrivals.indexer.encoders import FusionConfig, ImageEncoder, ImageEncoderConfig, TextEncoder
+from newarrivals.indexer.encoders.text import TextEncoderConfig
+from newarrivals.indexer.errors import CatalogError, ConfigError, NewArrivalsError
+from newarrivals.indexer.evaluation.baselines import (
     AttributeAffinity,
     AttributeKeys,
     RandomBaseline,
     TypePopularity,
     default_keys_for,
 )
-from .methods import (
+from newarrivals.indexer.evaluation.methods import (
     ColdItemMethod,
     EvalData,
     LateFusionMethod,
@@ -63,9 +58,25 @@ from .methods import (
     UserTowerMethod,
     fuse_vectors,
 )
-from .metrics import MetricSpec, score_rankings
-from .protocol import ColdStartSplit, SameProductRule, parse_cutoff, parse_events, split_catalog
-from .report import BASELINE, EvaluationReport, MethodResult, compute_margins
+from newarrivals.indexer.evaluation.metrics import MetricSpec, score_rankings
+from newarrivals.indexer.evaluation.protocol import (
+    ColdStartSplit,
+    SameProductRule,
+    parse_cutoff,
+    parse_events,
+    split_catalog,
+)
+from newarrivals.indexer.evaluation.report import (
+    BASELINE,
+    EvaluationReport,
+    MethodResult,
+    compute_margins,
+)
+from newarrivals.indexer.hm import is_hm_layout
+from newarrivals.indexer.readers import read_catalog
+from newarrivals.indexer.schema import Catalog, EventType, Product
+from newarrivals.indexer.synth import GROUND_TRUTH_FILE, load_ground_truth
+from newarrivals.indexer.version import library_versions
 
 __all__ = ["DatasetProfile", "EvaluateConfig", "evaluate", "resolve_profile"]
 
@@ -285,7 +296,7 @@ def _encode(
 
 def _tower_fit(config: EvaluateConfig, device: str) -> UserTowerFit:
     """Adapt :func:`newarrivals.indexer.user_tower.train_user_tower` to :data:`UserTowerFit`."""
-    from ..user_tower import UserTowerConfig, train_user_tower
+    from newarrivals.indexer.user_tower import UserTowerConfig, train_user_tower
 
     tower_config = UserTowerConfig(
         seed=config.seed, device=device, max_minutes=config.user_tower_minutes

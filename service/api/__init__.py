@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .app import create_app
-from .settings import ServeSettings, get_settings
+from newarrivals.service.api.app import create_app
+from newarrivals.service.api.settings import ServeSettings, get_settings
 
 __all__ = ["ServeSettings", "create_app", "get_settings"]

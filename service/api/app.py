@@ -41,14 +41,27 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
-
-from .limits import BodyLimitMiddleware, too_large_detail
-from .metrics import Metrics, MetricsMiddleware
-from .queries import RankerMissingError
-from .routers import admin, cold_start, events, health, products, recommendations, users, web
-from .runtime import NothingToEncodeError, NotReadyError, ReloadInProgressError, Runtime
-from .security import require_api_key
-from .settings import ServeSettings, get_settings
+from newarrivals.service.api.limits import BodyLimitMiddleware, too_large_detail
+from newarrivals.service.api.metrics import Metrics, MetricsMiddleware
+from newarrivals.service.api.queries import RankerMissingError
+from newarrivals.service.api.routers import (
+    admin,
+    cold_start,
+    events,
+    health,
+    products,
+    recommendations,
+    users,
+    web,
+)
+from newarrivals.service.api.runtime import (
+    NothingToEncodeError,
+    NotReadyError,
+    ReloadInProgressError,
+    Runtime,
+)
+from newarrivals.service.api.security import require_api_key
+from newarrivals.service.api.settings import ServeSettings, get_settings
 
 __all__ = ["WEB_DIR", "create_app"]
 

@@ -13,9 +13,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from .runtime import Runtime
-from .settings import ServeSettings, get_settings
-from .state import ServingState
+from newarrivals.service.api.runtime import Runtime
+from newarrivals.service.api.settings import ServeSettings, get_settings
+from newarrivals.service.api.state import ServingState
 
 __all__ = [
     "ClockDep",

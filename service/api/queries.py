@@ -20,9 +20,8 @@ from newarrivals.indexer.schema import EventType, Interaction, Product
 from newarrivals.indexer.store import Candidate, SearchFilter
 from newarrivals.indexer.users import UserVectors
 from newarrivals.ranker.base import softmax
-
-from .runtime import EncodedProduct, Runtime
-from .schemas import (
+from newarrivals.service.api.runtime import EncodedProduct, Runtime
+from newarrivals.service.api.schemas import (
     AudienceUserPublic,
     ColdStartPublic,
     FilterFields,
@@ -36,7 +35,7 @@ from .schemas import (
     UserPublic,
     UserRecommendationQuery,
 )
-from .state import ServingState
+from newarrivals.service.api.state import ServingState
 
 if TYPE_CHECKING:
     from newarrivals.ranker.online import RequestBlend

@@ -34,10 +34,9 @@ from newarrivals.indexer.schema import Interaction, Product
 from newarrivals.indexer.version import MANIFEST_FILE, latest_version
 from newarrivals.ranker.base import Ranker
 from newarrivals.ranker.blend import Blend
-
-from .journal import Journal
-from .settings import ServeSettings
-from .state import ServingState, load_state
+from newarrivals.service.api.journal import Journal
+from newarrivals.service.api.settings import ServeSettings
+from newarrivals.service.api.state import ServingState, load_state
 
 __all__ = [
     "EncodedProduct",

@@ -33,9 +33,8 @@ from newarrivals.indexer.schema import Interaction, Product
 from newarrivals.indexer.store import ProductIndex
 from newarrivals.indexer.users import UserVectors
 from newarrivals.indexer.version import IndexVersion
-
-from .audience import AudienceIndex
-from .journal import JournalEntry, product_from_payload
+from newarrivals.service.api.audience import AudienceIndex
+from newarrivals.service.api.journal import JournalEntry, product_from_payload
 
 if TYPE_CHECKING:
     from newarrivals.indexer.encoders.fusion import ConcatLayout

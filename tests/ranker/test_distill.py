@@ -39,8 +39,7 @@ from newarrivals.ranker import (
     train_ranker,
 )
 from newarrivals.ranker.base import softmax
-
-from .conftest import Shop
+from newarrivals.ranker.conftest import Shop
 
 TRAIN = RankerTrainConfig(
     retrieval_candidates=20,

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from . import admin, cold_start, events, health, products, recommendations, users
+from newarrivals.service.api.routers import (
+    admin,
+    cold_start,
+    events,
+    health,
+    products,
+    recommendations,
+    users,
+)
 
 __all__ = ["admin", "cold_start", "events", "health", "products", "recommendations", "users"]

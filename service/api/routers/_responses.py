@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schemas import ErrorPublic
+from newarrivals.service.api.schemas import ErrorPublic
 
 __all__ = ["errors"]
 

@@ -8,15 +8,19 @@ from fastapi import APIRouter, File, Form, UploadFile
 from PIL import Image
 
 from newarrivals.indexer.schema import Product
-
-from .. import queries
-from ..deps import RuntimeDep, SettingsDep, StateDep, check_limit
-from ..photos import decode_base64_photo, decode_uploaded_photo
-from ..runtime import Runtime
-from ..schemas import ColdStartForm, ColdStartPublic, ColdStartRequest, parse_category
-from ..settings import ServeSettings
-from ..state import ServingState
-from ._responses import errors
+from newarrivals.service.api import queries
+from newarrivals.service.api.deps import RuntimeDep, SettingsDep, StateDep, check_limit
+from newarrivals.service.api.photos import decode_base64_photo, decode_uploaded_photo
+from newarrivals.service.api.routers._responses import errors
+from newarrivals.service.api.runtime import Runtime
+from newarrivals.service.api.schemas import (
+    ColdStartForm,
+    ColdStartPublic,
+    ColdStartRequest,
+    parse_category,
+)
+from newarrivals.service.api.settings import ServeSettings
+from newarrivals.service.api.state import ServingState
 
 __all__ = ["router"]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from newarrivals.indexer.schema import Interaction
-
-from ..deps import ClockDep, RuntimeDep, SettingsDep, check_limit
-from ..schemas import EventsAcceptedPublic, EventsRequest
-from ._responses import errors
+from newarrivals.service.api.deps import ClockDep, RuntimeDep, SettingsDep, check_limit
+from newarrivals.service.api.routers._responses import errors
+from newarrivals.service.api.schemas import EventsAcceptedPublic, EventsRequest
 
 __all__ = ["router"]
 

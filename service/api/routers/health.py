@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..deps import RuntimeDep
-from ..schemas import HealthPublic, ReadyPublic
+from newarrivals.service.api.deps import RuntimeDep
+from newarrivals.service.api.schemas import HealthPublic, ReadyPublic
 
 __all__ = ["router"]
 

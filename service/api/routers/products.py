@@ -8,11 +8,11 @@ from fastapi import APIRouter, Path, Query
 
 from newarrivals.indexer.errors import UnknownProductError
 from newarrivals.indexer.schema import Product
-
-from .. import queries
-from ..deps import ClockDep, RuntimeDep, SettingsDep, StateDep, check_limit
-from ..photos import decode_base64_photo
-from ..schemas import (
+from newarrivals.service.api import queries
+from newarrivals.service.api.deps import ClockDep, RuntimeDep, SettingsDep, StateDep, check_limit
+from newarrivals.service.api.photos import decode_base64_photo
+from newarrivals.service.api.routers._responses import errors
+from newarrivals.service.api.schemas import (
     ProductDeletedPublic,
     ProductPublic,
     ProductUpsertRequest,
@@ -21,7 +21,6 @@ from ..schemas import (
     SimilarQuery,
     parse_category,
 )
-from ._responses import errors
 
 __all__ = ["read_router", "write_router"]
 

@@ -14,10 +14,14 @@ from typing import Annotated, TypeVarTuple
 import anyio
 from fastapi import APIRouter, Path, Query
 
-from .. import queries
-from ..deps import ClockDep, RuntimeDep, SettingsDep, StateDep, check_limit
-from ..schemas import RecommendationsPublic, SessionRecommendationRequest, UserRecommendationQuery
-from ._responses import errors
+from newarrivals.service.api import queries
+from newarrivals.service.api.deps import ClockDep, RuntimeDep, SettingsDep, StateDep, check_limit
+from newarrivals.service.api.routers._responses import errors
+from newarrivals.service.api.schemas import (
+    RecommendationsPublic,
+    SessionRecommendationRequest,
+    UserRecommendationQuery,
+)
 
 __all__ = ["router"]
 

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from .. import queries
-from ..deps import RuntimeDep, StateDep
-from ..schemas import ErasurePublic, UserPublic
-from ._responses import errors
+from newarrivals.service.api import queries
+from newarrivals.service.api.deps import RuntimeDep, StateDep
+from newarrivals.service.api.routers._responses import errors
+from newarrivals.service.api.schemas import ErasurePublic, UserPublic
 
 __all__ = ["router"]
 

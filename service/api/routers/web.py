@@ -10,10 +10,9 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
 
 from newarrivals.indexer.errors import UnknownProductError
-
-from ..deps import RuntimeDep, StateDep
-from ..schemas import IndexStatusPublic, UserListPublic, UserSummaryPublic
-from ._responses import errors
+from newarrivals.service.api.deps import RuntimeDep, StateDep
+from newarrivals.service.api.routers._responses import errors
+from newarrivals.service.api.schemas import IndexStatusPublic, UserListPublic, UserSummaryPublic
 
 __all__ = ["read_router", "user_list_router"]
 
