@@ -1,7 +1,7 @@
 """Cost of the serving first stages: ``late-max`` (exact late fusion) against ``mean``.
 
 ``NEWARRIVALS_RETRIEVAL=late-max`` scores every product passing the request's filters
-(:func:`newarrivals.indexer.retrieval.late_max_search`); ``mean`` is one index search with
+(:func:`newarrivals.indexer.retrieval.search.late_max_search`); ``mean`` is one index search with
 the user's vector. This builds exact (Flat) indexes of random concat-fused vectors (384 text
 + 384 photo dims, the bundled MiniLM's and a tower's), then times both for users with 20
 recent products, unfiltered and with a new-arrivals filter that keeps 10% of the products,
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from newarrivals.indexer.ann import AnnConfig
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig, fuse
-from newarrivals.indexer.retrieval import late_max_search
-from newarrivals.indexer.schema import Product
-from newarrivals.indexer.store import ProductIndex, SearchFilter
+from newarrivals.indexer.index.ann import AnnConfig
+from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+from newarrivals.indexer.retrieval.search import late_max_search
 
 DIM = 384
 START = datetime(2024, 1, 1, tzinfo=UTC)

@@ -72,11 +72,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.readers import read_catalog, write_catalog
-from newarrivals.indexer.schema import Product
+from newarrivals.indexer.index.version import LATEST_FILE, MANIFEST_FILE, list_versions
 from newarrivals.indexer.validation import require_int
-from newarrivals.indexer.version import LATEST_FILE, MANIFEST_FILE, list_versions
 
 #: Targets from issue #5, on the 2-core machine: (scenario, concurrency) -> p99 bound in ms.
 P99_TARGETS_MS: Final = {("recommend", 8): 30.0, ("rerank", 1): 100.0}

@@ -62,8 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from newarrivals.indexer.schema import Product
-from newarrivals.indexer.store import Candidate
+from newarrivals.indexer.catalog.schema import Product
+from newarrivals.indexer.index.store import Candidate
 from newarrivals.ranker import (
     CrossEncoderRanker,
     Ranker,
@@ -112,11 +112,11 @@ def _log(message: str) -> None:
 
 def _load_catalogue(path: Path | None) -> tuple[dict[str, Product], list[Any]]:
     if path is None:
-        from newarrivals.indexer.synth import SynthConfig, generate
+        from newarrivals.indexer.catalog.synth import SynthConfig, generate
 
         catalog = generate(SynthConfig(n_products=1000, n_users=50, seed=0)).catalog
     else:
-        from newarrivals.indexer.readers import read_catalog
+        from newarrivals.indexer.catalog.readers import read_catalog
 
         catalog = read_catalog(path)
     return {p.product_id: p for p in catalog.products}, list(catalog.interactions)
@@ -216,7 +216,7 @@ def _eval_lists(
     else:
         if args.index is None:
             return []
-        from newarrivals.indexer.version import IndexVersion
+        from newarrivals.indexer.index.version import IndexVersion
 
         store = IndexVersion.load(args.index).store
         _, val = replay_lists(events, products, store, base, max_context_items=max_items)

@@ -53,7 +53,7 @@ def _build(catalog: Path, out: Path, summary: Path, extra: list[str]) -> tuple[f
 
 
 def _change_one_percent(catalog_dir: Path, seed: int) -> int:
-    from newarrivals.indexer.readers import read_catalog, write_catalog
+    from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
 
     catalog = read_catalog(catalog_dir)
     rng = np.random.default_rng(seed)
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args()
 
-    from newarrivals.indexer.synth import SynthConfig, generate, write_synthetic
+    from newarrivals.indexer.catalog.synth import SynthConfig, generate, write_synthetic
 
     shutil.rmtree(args.workdir, ignore_errors=True)
     catalog = args.workdir / "catalog"
@@ -113,13 +113,13 @@ def main() -> None:
 
     # The same 1% refresh in a process that already imported torch, sentence-transformers
     # and open_clip (a scheduler or the service's ingestion worker): the marginal cost.
-    from newarrivals.indexer.build import BuildConfig, build_index
     from newarrivals.indexer.encoders import (
         ImageEncoder,
         ImageEncoderConfig,
         TextEncoder,
         TextEncoderConfig,
     )
+    from newarrivals.indexer.index.build import BuildConfig, build_index
 
     _log("[4/4] rebuild, 1% changed, in this process (libraries already imported)")
     _ = TextEncoder(TextEncoderConfig(), "cpu").model, ImageEncoder(ImageEncoderConfig()).model

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.evaluation import EvaluateConfig, resolve_profile
 from newarrivals.indexer.evaluation.metrics import ndcg_at_k, recall_at_k, standard_error
 from newarrivals.indexer.evaluation.protocol import ColdStartSplit
-from newarrivals.indexer.readers import read_catalog
 
 #: The session route's cap on events per body: longer histories send their newest 200.
 MAX_EVENTS = 200

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from newarrivals.indexer.errors import (
-    CatalogError,
-    ConfigError,
-    IndexIntegrityError,
-    MissingExtraError,
-    NewArrivalsError,
-    UnknownProductError,
-)
-from newarrivals.indexer.schema import (
+from newarrivals.indexer.catalog.schema import (
     Catalog,
     EventType,
     Interaction,
@@ -19,6 +11,14 @@ from newarrivals.indexer.schema import (
     SourceRef,
     TextSource,
     product_document,
+)
+from newarrivals.indexer.errors import (
+    CatalogError,
+    ConfigError,
+    IndexIntegrityError,
+    MissingExtraError,
+    NewArrivalsError,
+    UnknownProductError,
 )
 
 __all__ = [

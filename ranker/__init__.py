@@ -20,6 +20,7 @@ from newarrivals.ranker.distill import (
     fit_student,
     rank_agreement,
 )
+from newarrivals.ranker.loading import OnnxRanker, configure_threads, export_onnx, load_ranker
 from newarrivals.ranker.mmr import intra_list_diversity, mmr_order, mmr_rerank
 from newarrivals.ranker.model import (
     CrossEncoderRanker,
@@ -28,7 +29,6 @@ from newarrivals.ranker.model import (
     TorchPairRanker,
     softmax,
 )
-from newarrivals.ranker.runtime import OnnxRanker, configure_threads, export_onnx, load_ranker
 from newarrivals.ranker.shared import (
     OnnxSharedContextRanker,
     SharedContextConfig,

@@ -22,9 +22,9 @@ from typing import Any, Final, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
-from newarrivals.indexer.schema import Product
-from newarrivals.indexer.store import Candidate
+from newarrivals.indexer.index.store import Candidate
 from newarrivals.indexer.validation import require_int
 from newarrivals.ranker.config import RankerConfig
 from newarrivals.ranker.context import (

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from newarrivals.indexer.catalog.schema import EventType
 from newarrivals.indexer.encoders.text import BUNDLED_MINILM
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.schema import EventType
 from newarrivals.indexer.validation import (
     require_flag,
     require_fraction,

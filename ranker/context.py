@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.schema import Product, product_document
+from newarrivals.indexer.catalog.schema import Product, product_document
 
 __all__ = [
     "PairBatch",

@@ -46,10 +46,10 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation import ProductVectors
-from newarrivals.indexer.schema import Interaction, Product
-from newarrivals.indexer.store import ProductIndex
+from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.validation import (
     require_fraction,
     require_int,

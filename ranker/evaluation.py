@@ -39,6 +39,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode, fuse
 from newarrivals.indexer.encoders.text import TextEncoderConfig
 from newarrivals.indexer.errors import ConfigError
@@ -53,7 +54,6 @@ from newarrivals.indexer.evaluation.methods import (
 )
 from newarrivals.indexer.evaluation.metrics import standard_error
 from newarrivals.indexer.evaluation.report import MethodResult
-from newarrivals.indexer.schema import Interaction, Product
 from newarrivals.indexer.validation import require_fraction, require_int
 from newarrivals.ranker.blend import Blend
 from newarrivals.ranker.context import UserContext, candidate_text, context_item_text
@@ -213,8 +213,8 @@ def encode_product_vectors(
         device: A resolved torch device.
         progress: Progress bars.
     """
-    from newarrivals.indexer.build import encode_products
     from newarrivals.indexer.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder
+    from newarrivals.indexer.index.build import encode_products
 
     ids = [p.product_id for p in products]
     out: dict[str, ProductVectors] = {}

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
-from newarrivals.indexer.store import ProductIndex
+from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.validation import require_fraction, require_int
 from newarrivals.ranker.model import ScoredCandidate
 

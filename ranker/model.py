@@ -8,7 +8,7 @@ temperature ``T`` fitted on validation lists (:mod:`newarrivals.ranker.trainer`)
 
 The request path (context tokenised once, per-product candidate token cache, one batched
 pass, softmax) lives in :class:`~newarrivals.ranker.base.PairRanker`, shared with the ONNX
-Runtime ranker (:mod:`newarrivals.ranker.runtime`); this module adds the torch forward pass.
+Runtime ranker (:mod:`newarrivals.ranker.loading`); this module adds the torch forward pass.
 
 An artifact is a directory: ``model.safetensors`` + ``config.json`` (the Hugging Face
 model, truncated to ``num_layers``, or a distilled student), the tokenizer files, and
@@ -30,7 +30,7 @@ import numpy as np
 
 from newarrivals.indexer.encoders.text import BUNDLED_MINILM, bundled_minilm_path
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
-from newarrivals.indexer.version import library_versions
+from newarrivals.indexer.index.version import library_versions
 from newarrivals.ranker.base import (
     DEFAULT_CACHE_SIZE,
     FloatArray,
@@ -398,7 +398,7 @@ def pair_scores(
     """The one definition of a pair's raw score: the model's 1-logit head, ``(batch,)``.
 
     :meth:`CrossEncoderRanker.forward` and the ONNX export
-    (:func:`newarrivals.ranker.runtime.export_onnx`) both call this, so a change to how
+    (:func:`newarrivals.ranker.loading.export_onnx`) both call this, so a change to how
     pairs are scored (pooling, head) reaches every runtime.
     """
     out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)

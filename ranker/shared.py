@@ -326,7 +326,7 @@ def export_shared_onnx(
     import onnxruntime
     import torch
 
-    from newarrivals.ranker.runtime import _onnx_library_versions, session_options
+    from newarrivals.ranker.loading import _onnx_library_versions, session_options
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -485,7 +485,7 @@ class OnnxSharedContextRanker(PairRanker):
         import onnxruntime
         from transformers import AutoTokenizer
 
-        from newarrivals.ranker.runtime import onnx_graphs, session_options
+        from newarrivals.ranker.loading import onnx_graphs, session_options
 
         directory = Path(directory)
         manifest, chosen, paths = onnx_graphs(

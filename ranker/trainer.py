@@ -77,12 +77,12 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.catalog.schema import Catalog, Interaction, Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.protocol import parse_cutoff, split_catalog
-from newarrivals.indexer.schema import Catalog, Interaction, Product
-from newarrivals.indexer.store import ProductIndex
-from newarrivals.indexer.users import UserVectors
+from newarrivals.indexer.index.store import ProductIndex
+from newarrivals.indexer.retrieval.users import UserVectors
 from newarrivals.indexer.validation import require_int, require_positive
 from newarrivals.ranker.base import PairRanker
 from newarrivals.ranker.blend import Blend, BlendList, fit_blend

@@ -18,15 +18,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from newarrivals.indexer.build import BuildConfig, build_index
+from newarrivals.indexer.catalog.hm import is_hm_layout
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.schema import Catalog
+from newarrivals.indexer.catalog.synth import (
+    GROUND_TRUTH_FILE,
+    SynthConfig,
+    generate,
+    write_synthetic,
+)
 from newarrivals.indexer.encoders import ImageEncoderConfig
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.hm import is_hm_layout
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.schema import Catalog
-from newarrivals.indexer.synth import GROUND_TRUTH_FILE, SynthConfig, generate, write_synthetic
+from newarrivals.indexer.index.build import BuildConfig, build_index
+from newarrivals.indexer.index.version import latest_version
 from newarrivals.indexer.validation import require_int, require_positive
-from newarrivals.indexer.version import latest_version
 
 __all__ = ["DemoConfig", "DemoResult", "prepare_demo", "run_demo"]
 
@@ -161,7 +166,7 @@ def _default_cutoff(config: DemoConfig, data: Path, catalog: Catalog) -> str | N
 def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
     """Run every preparation step (or reuse it) and return where the pieces are."""
     from newarrivals.indexer.evaluation import EvaluateConfig, evaluate, resolve_profile
-    from newarrivals.indexer.image_tower import ImageTowerConfig, align_images
+    from newarrivals.indexer.towers.image import ImageTowerConfig, align_images
     from newarrivals.ranker.online import SERVING_RETRIEVAL
 
     t_start = time.perf_counter()

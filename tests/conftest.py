@@ -96,7 +96,7 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A small synthetic catalogue on disk (200 products, 40 users)."""
-    from newarrivals.indexer.synth import SynthConfig, generate, write_synthetic
+    from newarrivals.indexer.catalog.synth import SynthConfig, generate, write_synthetic
 
     out = tmp_path_factory.mktemp("synth")
     write_synthetic(generate(SynthConfig(n_products=200, n_users=40, seed=7)), out, progress=False)

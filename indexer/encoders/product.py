@@ -1,8 +1,8 @@
 """Encode products one request at a time (live upserts, cold-start lookups) exactly as a build.
 
-A bulk build (:func:`newarrivals.indexer.build.encode_products`) reads photos from disk and
+A bulk build (:func:`newarrivals.indexer.index.build.encode_products`) reads photos from disk and
 goes through the embedding cache; a live request carries its photo in memory and is encoded
-once. Both use the same pieces: :func:`~newarrivals.indexer.schema.product_document` for the
+once. Both use the same pieces: :func:`~newarrivals.indexer.catalog.schema.product_document` for the
 text, the text encoder's ``encode``, the image tower's ``encode_images`` (which pads to a
 square the way :func:`~.image.load_photo` does) and :func:`~.fusion.fuse` with the
 version's fusion config, so a product upserted live lands where a rebuild would put it.
@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from newarrivals.indexer.catalog.schema import Product, product_document
 from newarrivals.indexer.encoders.fusion import FusionConfig, fuse, fused_dim
 from newarrivals.indexer.encoders.image import ImageEncoder, ImageEncoderConfig, ImageEncoding
-from newarrivals.indexer.encoders.onnx_runtime import load_image_export, load_text_export
+from newarrivals.indexer.encoders.onnx_encoders import load_image_export, load_text_export
 from newarrivals.indexer.encoders.text import TextEncoder, TextEncoderConfig, TextEncoding
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.schema import Product, product_document
 
 __all__ = ["EncodedInputs", "ProductEncoder"]
 

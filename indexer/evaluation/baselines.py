@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import EvalData
-from newarrivals.indexer.schema import Product
 
 __all__ = [
     "AttributeAffinity",

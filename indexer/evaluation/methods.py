@@ -9,14 +9,15 @@ class with a ``name`` and a ``score``.
 Content methods work on :class:`ProductVectors` (one vector per product per variant, some
 rows missing) and turn a user's train history into scores three ways:
 
-* **mean** (:class:`MeanVectorMethod`): the user vector of :mod:`newarrivals.indexer.users`
+* **mean** (:class:`MeanVectorMethod`): the user vector of
+  :mod:`newarrivals.indexer.retrieval.users`
   (event weight times recency half-life; only its direction matters, so the decay's
   reference time does not), scored by dot product;
 * **max** (:class:`MaxSimilarityMethod`): the largest similarity of the item to any product
   in the user's history. The H&M README measured it far stronger than the mean: fashion
   shoppers buy several unrelated things, and a mean of a dress and socks is neither;
 * **tower** (:class:`UserTowerMethod`): a user tower trained on train-period interactions
-  only (:mod:`newarrivals.indexer.user_tower`).
+  only (:mod:`newarrivals.indexer.towers.user`).
 
 Fusion of text and image vectors (:func:`fuse_vectors`, :class:`LateFusionMethod`) comes
 in three forms, because the modalities live on different scales (MiniLM vectors sit in a
@@ -40,12 +41,12 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.encoders.base import l2_normalize
 from newarrivals.indexer.encoders.fusion import late_fuse
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.protocol import ColdStartSplit
-from newarrivals.indexer.schema import Interaction, Product
-from newarrivals.indexer.users import UserVectorConfig
+from newarrivals.indexer.retrieval.users import UserVectorConfig
 
 __all__ = [
     "ColdItemMethod",
@@ -268,7 +269,7 @@ class LateFusionMethod:
 
 # Trains a user tower on the split's train interactions (nothing after the cutoff) and
 # returns ``(vectors of split.test_users in order, training report)``; run.py adapts
-# newarrivals.indexer.user_tower to this shape.
+# newarrivals.indexer.towers.user to this shape.
 UserTowerFit = Callable[[ColdStartSplit, ProductVectors], tuple[FloatArray, dict[str, Any]]]
 
 

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+from newarrivals.indexer.catalog.schema import Catalog, EventType, Interaction, Product
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.schema import Catalog, EventType, Interaction, Product
 
 __all__ = ["ColdStartSplit", "SameProductRule", "parse_cutoff", "parse_events", "split_catalog"]
 

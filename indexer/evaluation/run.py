@@ -35,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from newarrivals.indexer.build import encode_products
+from newarrivals.indexer.catalog.hm import is_hm_layout
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.schema import Catalog, EventType, Product
+from newarrivals.indexer.catalog.synth import GROUND_TRUTH_FILE, load_ground_truth
 from newarrivals.indexer.device import resolve_device
 from newarrivals.indexer.encoders import FusionConfig, ImageEncoder, ImageEncoderConfig, TextEncoder
 from newarrivals.indexer.encoders.text import TextEncoderConfig
@@ -72,11 +75,8 @@ from newarrivals.indexer.evaluation.report import (
     MethodResult,
     compute_margins,
 )
-from newarrivals.indexer.hm import is_hm_layout
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.schema import Catalog, EventType, Product
-from newarrivals.indexer.synth import GROUND_TRUTH_FILE, load_ground_truth
-from newarrivals.indexer.version import library_versions
+from newarrivals.indexer.index.build import encode_products
+from newarrivals.indexer.index.version import library_versions
 
 __all__ = ["DatasetProfile", "EvaluateConfig", "evaluate", "resolve_profile"]
 
@@ -295,8 +295,8 @@ def _encode(
 
 
 def _tower_fit(config: EvaluateConfig, device: str) -> UserTowerFit:
-    """Adapt :func:`newarrivals.indexer.user_tower.train_user_tower` to :data:`UserTowerFit`."""
-    from newarrivals.indexer.user_tower import UserTowerConfig, train_user_tower
+    """Adapt :func:`newarrivals.indexer.towers.user.train_user_tower` to :data:`UserTowerFit`."""
+    from newarrivals.indexer.towers.user import UserTowerConfig, train_user_tower
 
     tower_config = UserTowerConfig(
         seed=config.seed, device=device, max_minutes=config.user_tower_minutes

@@ -42,6 +42,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
 from newarrivals.service.api.limits import BodyLimitMiddleware, too_large_detail
+from newarrivals.service.api.live import (
+    NothingToEncodeError,
+    NotReadyError,
+    ReloadInProgressError,
+    Runtime,
+)
 from newarrivals.service.api.metrics import Metrics, MetricsMiddleware
 from newarrivals.service.api.queries import RankerMissingError
 from newarrivals.service.api.routers import (
@@ -53,12 +59,6 @@ from newarrivals.service.api.routers import (
     recommendations,
     users,
     web,
-)
-from newarrivals.service.api.runtime import (
-    NothingToEncodeError,
-    NotReadyError,
-    ReloadInProgressError,
-    Runtime,
 )
 from newarrivals.service.api.security import require_api_key
 from newarrivals.service.api.settings import ServeSettings, get_settings

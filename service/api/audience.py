@@ -51,7 +51,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.store import ProductIndex, SearchFilter
+from newarrivals.indexer.index.store import ProductIndex, SearchFilter
 
 __all__ = ["AudienceIndex", "AudienceResult", "AudienceUser"]
 

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from newarrivals.service.api.runtime import Runtime
+from newarrivals.service.api.live import Runtime
 from newarrivals.service.api.settings import ServeSettings, get_settings
 from newarrivals.service.api.state import ServingState
 

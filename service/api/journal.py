@@ -34,8 +34,8 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
+from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
 from newarrivals.indexer.errors import NewArrivalsError
-from newarrivals.indexer.schema import EventType, Interaction, Product
 
 __all__ = ["Journal", "JournalEntry", "JournalError", "product_from_payload", "product_payload"]
 

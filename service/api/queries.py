@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
 from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
-from newarrivals.indexer.retrieval import late_max_search
-from newarrivals.indexer.schema import EventType, Interaction, Product
-from newarrivals.indexer.store import Candidate, SearchFilter
-from newarrivals.indexer.users import UserVectors
+from newarrivals.indexer.index.store import Candidate, SearchFilter
+from newarrivals.indexer.retrieval.search import late_max_search
+from newarrivals.indexer.retrieval.users import UserVectors
 from newarrivals.ranker.base import softmax
-from newarrivals.service.api.runtime import EncodedProduct, Runtime
+from newarrivals.service.api.live import EncodedProduct, Runtime
 from newarrivals.service.api.schemas import (
     AudienceUserPublic,
     ColdStartPublic,
@@ -132,7 +132,7 @@ def _retrieve(
     vectors the blend reads (read lock held by the caller).
 
     With ``late`` (``NEWARRIVALS_RETRIEVAL=late-max``) and recent products to compare with,
-    the first stage is :func:`~newarrivals.indexer.retrieval.late_max_search`; otherwise
+    the first stage is :func:`~newarrivals.indexer.retrieval.search.late_max_search`; otherwise
     the index's search with ``query``.
     """
     # The recent products' and the candidates' vectors are read once, for the late search,

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from newarrivals.indexer.schema import EventType
+from newarrivals.indexer.catalog.schema import EventType
 
 __all__ = [
     "AudienceUserPublic",

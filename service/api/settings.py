@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.version import MANIFEST_FILE
+from newarrivals.indexer.index.version import MANIFEST_FILE
 
 __all__ = ["MIN_API_KEY_LENGTH", "ServeSettings", "get_settings"]
 

@@ -2,7 +2,7 @@
 
 A :class:`ServingState` is built off to the side (:func:`load_state`), brought up to date
 with the journal, then published by an atomic reference swap (see
-:mod:`newarrivals.service.api.runtime`). Requests read the state they picked up at their
+:mod:`newarrivals.service.api.live`). Requests read the state they picked up at their
 start, so a swap never changes the ground under a request in flight.
 
 Inside one state, searches run under the shared side of :attr:`ServingState.lock` and the
@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.encoders import decode_photo
 from newarrivals.indexer.encoders.product import ProductEncoder
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.retrieval import PopularFallback
-from newarrivals.indexer.schema import Interaction, Product
-from newarrivals.indexer.store import ProductIndex
-from newarrivals.indexer.users import UserVectors
-from newarrivals.indexer.version import IndexVersion
+from newarrivals.indexer.index.store import ProductIndex
+from newarrivals.indexer.index.version import IndexVersion
+from newarrivals.indexer.retrieval.search import PopularFallback
+from newarrivals.indexer.retrieval.users import UserVectors
 from newarrivals.service.api.audience import AudienceIndex
 from newarrivals.service.api.journal import JournalEntry, product_from_payload
 

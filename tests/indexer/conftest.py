@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from newarrivals.indexer.build import BuildConfig
 from newarrivals.indexer.encoders import ImageEncoderConfig, TextEncoderConfig
+from newarrivals.indexer.index.build import BuildConfig
 
 
 @pytest.fixture()

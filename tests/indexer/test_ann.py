@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from newarrivals.indexer.ann import (
+from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.index.ann import (
     AnnConfig,
     FaissIndex,
     VectorIndex,
@@ -17,7 +18,6 @@ from newarrivals.indexer.ann import (
     load_index,
     make_index,
 )
-from newarrivals.indexer.errors import ConfigError
 
 N, DIM, K = 3000, 32, 10
 FACTORIES = ["Flat", "HNSW16", "IVF16,Flat", "SQ8", "IVF16,PQ8"]

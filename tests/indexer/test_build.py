@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from newarrivals.indexer import CatalogError, IndexIntegrityError
-from newarrivals.indexer.build import BuildConfig, build_index
+from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
 from newarrivals.indexer.encoders import (
     FusionConfig,
     TextEncoder,
 )
-from newarrivals.indexer.readers import read_catalog, write_catalog
-from newarrivals.indexer.retrieval import retrieve_for_user, similar_products
-from newarrivals.indexer.store import SearchFilter
-from newarrivals.indexer.users import UserVectors
-from newarrivals.indexer.version import LATEST_FILE, IndexVersion, latest_version
+from newarrivals.indexer.index.build import BuildConfig, build_index
+from newarrivals.indexer.index.store import SearchFilter
+from newarrivals.indexer.index.version import LATEST_FILE, IndexVersion, latest_version
+from newarrivals.indexer.retrieval.search import retrieve_for_user, similar_products
+from newarrivals.indexer.retrieval.users import UserVectors
 
 
 @pytest.fixture()
@@ -157,7 +157,7 @@ def _recall_at(ranked: list[str], truth: set[str], k: int) -> float:
 
 def test_minilm_retrieval_beats_random_on_new_arrivals(tmp_path: Path) -> None:
     """Known tastes: users' pre-cutoff history must find the new arrivals they later touch."""
-    from newarrivals.indexer.synth import (
+    from newarrivals.indexer.catalog.synth import (
         SynthConfig,
         generate,
         load_ground_truth,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from newarrivals.indexer import IndexIntegrityError
-from newarrivals.indexer.cache import EmbeddingCache
+from newarrivals.indexer.index.cache import EmbeddingCache
 
 
 def test_put_lookup_and_persist(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from newarrivals.indexer import Catalog, ConfigError, EventType, Interaction, Product
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.synth import load_ground_truth
 from newarrivals.indexer.evaluation import (
     AttributeAffinity,
     AttributeKeys,
@@ -38,8 +40,6 @@ from newarrivals.indexer.evaluation import (
     split_catalog,
     standard_error,
 )
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.synth import load_ground_truth
 from newarrivals.service.cli import main
 
 CUTOFF = datetime(2024, 3, 1, tzinfo=UTC)
@@ -415,8 +415,8 @@ def test_cli_evaluate_writes_json_markdown_png(
 
 
 def test_generic_catalogue_needs_a_cutoff(tmp_path: Path) -> None:
+    from newarrivals.indexer.catalog.readers import write_catalog
     from newarrivals.indexer.evaluation import EvaluateConfig, evaluate
-    from newarrivals.indexer.readers import write_catalog
 
     write_catalog(_tiny_catalog(), tmp_path / "cat")
     with pytest.raises(ConfigError, match="cutoff"):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from newarrivals.indexer.catalog.hm import read_hm
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.schema import EventType, SourceRef, TextSource
 from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.hm import read_hm
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.schema import EventType, SourceRef, TextSource
 
 # The real sample sits next to the repository (../shared/data/hm), never inside it.
 REAL_HM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hm"
@@ -266,9 +266,9 @@ def test_real_sample_loads_with_its_documented_coverage() -> None:
 def test_hm_layout_indexes_text_only_image_only_and_both(
     hm_root: Path, tiny_text_model_dir: Path, tiny_clip_dir: Path, tmp_path: Path
 ) -> None:
-    from newarrivals.indexer.build import BuildConfig, build_index
     from newarrivals.indexer.encoders import ImageEncoderConfig, TextEncoderConfig
-    from newarrivals.indexer.version import IndexVersion
+    from newarrivals.indexer.index.build import BuildConfig, build_index
+    from newarrivals.indexer.index.version import IndexVersion
 
     summary = build_index(
         BuildConfig(
@@ -292,7 +292,7 @@ def test_hm_layout_indexes_text_only_image_only_and_both(
 @pytest.mark.skipif(not REAL_HM.is_dir(), reason="the shared H&M sample is not next to the repo")
 def test_real_hm_sample_indexes(tmp_path: Path) -> None:
     """Full-size: bundled MiniLM + the built-in tower over 24,717 products (minutes on 2 cores)."""
-    from newarrivals.indexer.build import BuildConfig, build_index
+    from newarrivals.indexer.index.build import BuildConfig, build_index
 
     summary = build_index(
         BuildConfig(catalog=REAL_HM, out=tmp_path / "index", device="cpu", progress=False)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from newarrivals.indexer import ConfigError
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.encoders import (
     FusionConfig,
     FusionMode,
@@ -23,7 +25,7 @@ from newarrivals.indexer.encoders import (
     ImageEncoderConfig,
     fused_dim,
 )
-from newarrivals.indexer.image_tower import (
+from newarrivals.indexer.towers.image import (
     ARCHITECTURES,
     TOWER_MANIFEST,
     ImageTowerConfig,
@@ -31,8 +33,6 @@ from newarrivals.indexer.image_tower import (
     image_text_recall,
     train_image_tower,
 )
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.schema import Product
 
 TEXT_DIM = 32
 TINY = ImageTowerConfig(
@@ -81,7 +81,7 @@ def _attribute_text_vectors(products: list[Product]) -> np.ndarray:
 @pytest.fixture(scope="session")
 def tower_catalog(tmp_path_factory: pytest.TempPathFactory) -> list[Product]:
     """240 synthetic products, ~12% of them photo-only."""
-    from newarrivals.indexer.synth import SynthConfig, generate, write_synthetic
+    from newarrivals.indexer.catalog.synth import SynthConfig, generate, write_synthetic
 
     out = tmp_path_factory.mktemp("tower-synth")
     synth = generate(SynthConfig(n_products=240, n_users=5, seed=11, no_text_fraction=0.12))
@@ -120,7 +120,7 @@ def test_artifact_round_trip_matches_training_eval(trained: Trained) -> None:
     import open_clip
     import torch
 
-    from newarrivals.indexer.image_tower import _decode_one
+    from newarrivals.indexer.towers.image import _decode_one
 
     manifest = json.loads((trained.tower / TOWER_MANIFEST).read_text())
     assert manifest["report"]["valid_trained"] == trained.report.valid_trained
@@ -205,7 +205,7 @@ def test_out_dir_that_is_not_a_tower_is_not_overwritten(trained: Trained, tmp_pa
 def test_align_images_cli_end_to_end(
     synth_dir: Path, tiny_text_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from newarrivals.indexer.synth import load_ground_truth
+    from newarrivals.indexer.catalog.synth import load_ground_truth
     from newarrivals.service.cli import main
 
     cutoff = load_ground_truth(synth_dir).cutoff

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from newarrivals.indexer.build import BuildConfig, build_index
+from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
 from newarrivals.indexer.encoders import (
     ImageEncoder,
     ImageEncoderConfig,
     TextEncoder,
     TextEncoderConfig,
 )
-from newarrivals.indexer.encoders.onnx_runtime import (
+from newarrivals.indexer.encoders.onnx_encoders import (
     MODEL_FILE,
     OnnxImageEncoder,
     OnnxTextEncoder,
@@ -33,8 +33,8 @@ from newarrivals.indexer.encoders.onnx_runtime import (
     load_text_export,
 )
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.readers import read_catalog, write_catalog
-from newarrivals.indexer.version import IndexVersion
+from newarrivals.indexer.index.build import BuildConfig, build_index
+from newarrivals.indexer.index.version import IndexVersion
 
 TEXTS = [
     "red striped cotton t-shirt",
@@ -163,7 +163,7 @@ def test_refresh_process_never_imports_torch(config: BuildConfig, synth_dir: Pat
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from newarrivals.indexer.build import BuildConfig, build_index\n"
+        "from newarrivals.indexer.index.build import BuildConfig, build_index\n"
         "from newarrivals.indexer.encoders import ImageEncoderConfig, TextEncoderConfig\n"
         f"cfg = BuildConfig(catalog=Path({str(config.catalog)!r}), out=Path({str(config.out)!r}),"
         f" text=TextEncoderConfig(model={config.text.model!r}),"  # type: ignore[union-attr]

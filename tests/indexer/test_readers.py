@@ -12,15 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.readers import (
+from newarrivals.indexer.catalog.readers import (
     read_catalog,
     read_interactions,
     read_products,
     write_catalog,
     write_rejects,
 )
-from newarrivals.indexer.schema import (
+from newarrivals.indexer.catalog.schema import (
     Catalog,
     EventType,
     Interaction,
@@ -29,6 +28,7 @@ from newarrivals.indexer.schema import (
     SourceRef,
     TextSource,
 )
+from newarrivals.indexer.errors import CatalogError, ConfigError
 
 FORMATS = ["jsonl", "csv", "parquet"]
 

@@ -12,15 +12,15 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from newarrivals.indexer.ann import AnnConfig
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import (
     CatalogError,
     ConfigError,
     IndexIntegrityError,
     UnknownProductError,
 )
-from newarrivals.indexer.schema import Product
-from newarrivals.indexer.store import Candidate, ProductIndex, SearchFilter
+from newarrivals.indexer.index.ann import AnnConfig
+from newarrivals.indexer.index.store import Candidate, ProductIndex, SearchFilter
 
 N, DIM, K = 3000, 32, 10
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.schema import EventType, TextSource
-from newarrivals.indexer.synth import (
+from newarrivals.indexer.catalog.schema import EventType, TextSource
+from newarrivals.indexer.catalog.synth import (
     ATTRIBUTE_VALUES,
     COLOURS,
     GARMENT_TYPES,
@@ -26,6 +25,7 @@ from newarrivals.indexer.synth import (
     load_ground_truth,
     write_synthetic,
 )
+from newarrivals.indexer.errors import CatalogError, ConfigError
 
 SMALL = SynthConfig(n_products=200, n_users=40, seed=11)
 
@@ -362,7 +362,7 @@ def test_draw_rejects_unknown_attribute_values() -> None:
 
 
 def test_write_synthetic_reads_back_without_rejects(tmp_path: Path) -> None:
-    from newarrivals.indexer.readers import read_catalog
+    from newarrivals.indexer.catalog.readers import read_catalog
 
     synth = generate(SynthConfig(n_products=60, n_users=8, seed=3))
     before = list(synth.catalog.products)

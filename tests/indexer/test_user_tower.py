@@ -19,15 +19,21 @@ import pytest
 import torch
 
 from newarrivals.indexer import ConfigError, EventType, IndexIntegrityError, Interaction
-from newarrivals.indexer.ann import AnnConfig
-from newarrivals.indexer.retrieval import (
+from newarrivals.indexer.catalog.synth import (
+    ATTRIBUTE_VALUES,
+    SynthConfig,
+    SyntheticCatalog,
+    generate,
+)
+from newarrivals.indexer.index.ann import AnnConfig
+from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+from newarrivals.indexer.retrieval.search import (
     PopularFallback,
     PopularFallbackConfig,
     recommend_for_user,
 )
-from newarrivals.indexer.store import ProductIndex, SearchFilter
-from newarrivals.indexer.synth import ATTRIBUTE_VALUES, SynthConfig, SyntheticCatalog, generate
-from newarrivals.indexer.user_tower import (
+from newarrivals.indexer.retrieval.users import UserVectors
+from newarrivals.indexer.towers.user import (
     MANIFEST_FILE,
     ArrayProductVectors,
     UserHistoryStore,
@@ -35,7 +41,6 @@ from newarrivals.indexer.user_tower import (
     UserTowerConfig,
     train_user_tower,
 )
-from newarrivals.indexer.users import UserVectors
 
 K = 10
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from newarrivals.indexer import ConfigError, EventType, Interaction, Product
-from newarrivals.indexer.ann import AnnConfig
-from newarrivals.indexer.store import ProductIndex
-from newarrivals.indexer.users import UserVectorConfig, UserVectors
+from newarrivals.indexer.index.ann import AnnConfig
+from newarrivals.indexer.index.store import ProductIndex
+from newarrivals.indexer.retrieval.users import UserVectorConfig, UserVectors
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

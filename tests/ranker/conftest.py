@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from newarrivals.indexer.ann import AnnConfig
-from newarrivals.indexer.schema import EventType, Interaction, Product
-from newarrivals.indexer.store import ProductIndex
+from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
+from newarrivals.indexer.index.ann import AnnConfig
+from newarrivals.indexer.index.store import ProductIndex
 
 COLOURS = ("red", "blue", "green", "black", "white", "yellow")
 GARMENTS = ("shirt", "dress", "coat", "boot", "hat", "scarf")

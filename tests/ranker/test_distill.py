@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from newarrivals.indexer.catalog.schema import EventType, Product
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
-from newarrivals.indexer.schema import EventType, Product
-from newarrivals.indexer.store import Candidate
+from newarrivals.indexer.index.store import Candidate
 from newarrivals.ranker import (
     CandidateTokenCache,
     CrossEncoderRanker,
@@ -468,9 +468,9 @@ def test_cli_distill_ranker_end_to_end(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from newarrivals.indexer.build import BuildConfig, build_index
+    from newarrivals.indexer.catalog.readers import read_catalog
     from newarrivals.indexer.encoders import TextEncoderConfig
-    from newarrivals.indexer.readers import read_catalog
+    from newarrivals.indexer.index.build import BuildConfig, build_index
     from newarrivals.service.cli import main
 
     index = tmp_path / "index"

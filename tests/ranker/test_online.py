@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from newarrivals.indexer.catalog.schema import Catalog, EventType, Interaction, Product
 from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig, fuse
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.protocol import split_catalog
-from newarrivals.indexer.schema import Catalog, EventType, Interaction, Product
-from newarrivals.indexer.users import UserVectorConfig
+from newarrivals.indexer.retrieval.users import UserVectorConfig
 from newarrivals.ranker.blend import Blend
 from newarrivals.ranker.evaluation import concat_vectors, feature_columns
 from newarrivals.ranker.online import SERVING_RETRIEVAL, request_blend, request_features
@@ -166,9 +166,9 @@ def test_request_blend_orders_by_its_weighted_features() -> None:
 
 
 def test_late_max_search_is_the_evaluations_fused_late_max_over_the_index() -> None:
-    from newarrivals.indexer.ann import AnnConfig
-    from newarrivals.indexer.retrieval import late_max_search
-    from newarrivals.indexer.store import ProductIndex, SearchFilter
+    from newarrivals.indexer.index.ann import AnnConfig
+    from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+    from newarrivals.indexer.retrieval.search import late_max_search
 
     data = _eval_data()
     # Some products lack a modality, so the per-modality means and counts matter.

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from newarrivals.indexer.catalog.schema import EventType, Product
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
-from newarrivals.indexer.schema import EventType, Product
-from newarrivals.indexer.store import Candidate
+from newarrivals.indexer.index.store import Candidate
 from newarrivals.ranker import (
     CrossEncoderRanker,
     RankerConfig,

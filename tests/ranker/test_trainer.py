@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.methods import ProductVectors
-from newarrivals.indexer.schema import EventType, Interaction, Product
 from newarrivals.ranker import CrossEncoderRanker, RankerConfig, RankerTrainConfig
 from newarrivals.ranker.blend import (
     Blend,

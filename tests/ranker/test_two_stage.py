@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from newarrivals.indexer.catalog.schema import Catalog, EventType, Interaction, Product
 from newarrivals.indexer.encoders.text import TextEncoderConfig
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation import EvaluateConfig, evaluate
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.metrics import MetricSpec
 from newarrivals.indexer.evaluation.protocol import split_catalog
-from newarrivals.indexer.schema import Catalog, EventType, Interaction, Product
 from newarrivals.ranker import CrossEncoderRanker, RankerConfig
 from newarrivals.ranker.blend import Blend
 from newarrivals.ranker.context import UserContext

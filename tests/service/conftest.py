@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from newarrivals.indexer.build import BuildConfig, build_index
 from newarrivals.indexer.encoders import ImageEncoderConfig, TextEncoderConfig
+from newarrivals.indexer.index.build import BuildConfig, build_index
 from newarrivals.service.api import ServeSettings, create_app
 
 API_KEY = "test-key-0123456789abcdef"

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.schema import Catalog, EventType
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.schema import Catalog, EventType
 from newarrivals.ranker import CrossEncoderRanker, RankerConfig
 from newarrivals.service.api import ServeSettings, create_app
 from newarrivals.service.api import queries as queries_module
 from newarrivals.service.api.deps import get_clock
-from newarrivals.service.api.runtime import Runtime
+from newarrivals.service.api.live import Runtime
 
 Opener = Callable[..., TestClient]
 
@@ -499,7 +499,7 @@ def test_rerank_orders_by_the_blend_when_it_was_fitted_for_the_serving_index(
     import shutil
 
     from newarrivals.indexer.encoders.fusion import ConcatLayout
-    from newarrivals.indexer.version import IndexVersion, latest_version
+    from newarrivals.indexer.index.version import IndexVersion, latest_version
     from newarrivals.ranker.blend import Blend
     from newarrivals.ranker.online import SERVING_RETRIEVAL
 
@@ -547,9 +547,9 @@ def test_late_max_retrieval_serves_the_evaluations_best_first_stage(
     import shutil
 
     from newarrivals.indexer.encoders.fusion import ConcatLayout
-    from newarrivals.indexer.retrieval import late_max_search
-    from newarrivals.indexer.store import SearchFilter
-    from newarrivals.indexer.version import IndexVersion, latest_version
+    from newarrivals.indexer.index.store import SearchFilter
+    from newarrivals.indexer.index.version import IndexVersion, latest_version
+    from newarrivals.indexer.retrieval.search import late_max_search
     from newarrivals.ranker.blend import Blend
 
     late = open_client(retrieval="late-max")

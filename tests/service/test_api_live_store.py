@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from newarrivals.indexer.ann import AnnConfig
-from newarrivals.indexer.schema import Product
-from newarrivals.indexer.store import ProductIndex, SearchFilter
+from newarrivals.indexer.catalog.schema import Product
+from newarrivals.indexer.index.ann import AnnConfig
+from newarrivals.indexer.index.store import ProductIndex, SearchFilter
 
 
 def _product(pid: str, rng: np.random.Generator) -> Product:

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from newarrivals.indexer.build import BuildConfig, build_index
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.schema import Catalog
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.schema import Catalog
-from newarrivals.indexer.version import list_versions
+from newarrivals.indexer.index.build import BuildConfig, build_index
+from newarrivals.indexer.index.version import list_versions
 from newarrivals.service.api import ServeSettings, create_app
 
 Opener = Callable[..., TestClient]

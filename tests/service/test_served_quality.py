@@ -16,12 +16,12 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.encoders.fusion import ConcatLayout
 from newarrivals.indexer.evaluation import EvaluateConfig, resolve_profile
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.metrics import ndcg_at_k
-from newarrivals.indexer.readers import read_catalog
-from newarrivals.indexer.version import IndexVersion, latest_version
+from newarrivals.indexer.index.version import IndexVersion, latest_version
 from newarrivals.ranker.evaluation import retrieval_method
 
 

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from newarrivals.indexer.readers import read_catalog
+from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.service.api import ServeSettings, create_app
 
 CHROMIUM = os.environ.get("NEWARRIVALS_CHROMIUM", "/usr/bin/chromium")

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from newarrivals.service.api.deps import RuntimeDep, StateDep
+from newarrivals.service.api.live import ReloadInProgressError
 from newarrivals.service.api.routers._responses import errors
-from newarrivals.service.api.runtime import ReloadInProgressError
 from newarrivals.service.api.schemas import ReloadPublic, ReloadQuery, VersionPublic
 
 __all__ = ["router"]

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from PIL import Image
 
-from newarrivals.indexer.schema import Product
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.service.api import queries
 from newarrivals.service.api.deps import RuntimeDep, SettingsDep, StateDep, check_limit
+from newarrivals.service.api.live import Runtime
 from newarrivals.service.api.photos import decode_base64_photo, decode_uploaded_photo
 from newarrivals.service.api.routers._responses import errors
-from newarrivals.service.api.runtime import Runtime
 from newarrivals.service.api.schemas import (
     ColdStartForm,
     ColdStartPublic,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from newarrivals.indexer.schema import Interaction
+from newarrivals.indexer.catalog.schema import Interaction
 from newarrivals.service.api.deps import ClockDep, RuntimeDep, SettingsDep, check_limit
 from newarrivals.service.api.routers._responses import errors
 from newarrivals.service.api.schemas import EventsAcceptedPublic, EventsRequest

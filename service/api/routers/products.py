@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import UnknownProductError
-from newarrivals.indexer.schema import Product
 from newarrivals.service.api import queries
 from newarrivals.service.api.deps import ClockDep, RuntimeDep, SettingsDep, StateDep, check_limit
 from newarrivals.service.api.photos import decode_base64_photo

@@ -11,7 +11,8 @@ Model (residual on the baseline of :mod:`.users`):
   as (product content vector, event type, ``log1p`` of the days between the event and the
   prediction time);
 * a recency- and event-weighted mean of the history vectors, the baseline of
-  :class:`~newarrivals.indexer.users.UserVectors` (its event weights and half-life start at
+  :class:`~newarrivals.indexer.retrieval.users.UserVectors` (its event weights and half-life
+  start at
   the configured values and are learnt when ``learn_mean_weights``);
 * a GRU (or a small transformer) over the events; a head reads its state at the most
   recent event and proposes a correction in the product space;
@@ -65,10 +66,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from torch import nn
 
+from newarrivals.indexer.catalog.schema import EventType, Interaction
 from newarrivals.indexer.device import resolve_device
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError, NewArrivalsError
-from newarrivals.indexer.schema import EventType, Interaction
-from newarrivals.indexer.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
+from newarrivals.indexer.index.version import library_versions
+from newarrivals.indexer.retrieval.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
 from newarrivals.indexer.validation import (
     require_flag,
     require_fraction,
@@ -76,7 +78,6 @@ from newarrivals.indexer.validation import (
     require_known_fields,
     require_positive,
 )
-from newarrivals.indexer.version import library_versions
 
 __all__ = [
     "MANIFEST_FILE",
@@ -1117,7 +1118,7 @@ class UserHistoryStore:
     (the oldest event beyond ``max_history`` is dropped) and the user's vector is recomputed
     from at most ``max_history`` events. Vectors are as of each user's latest event; use
     :meth:`vector_at` for another prediction time. ``vector`` and ``state`` make it a drop-in
-    for ``UserVectors`` in :func:`~newarrivals.indexer.retrieval.retrieve_for_user`.
+    for ``UserVectors`` in :func:`~newarrivals.indexer.retrieval.search.retrieve_for_user`.
 
     Example:
         >>> users = UserHistoryStore(tower, store)  # doctest: +SKIP

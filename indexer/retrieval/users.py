@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from newarrivals.indexer.catalog.schema import EventType, Interaction
 from newarrivals.indexer.encoders.base import l2_normalize
 from newarrivals.indexer.errors import ConfigError
-from newarrivals.indexer.schema import EventType, Interaction
-from newarrivals.indexer.store import ProductIndex
+from newarrivals.indexer.index.store import ProductIndex
 
 __all__ = ["DEFAULT_EVENT_WEIGHTS", "UserState", "UserVectorConfig", "UserVectors"]
 

@@ -42,8 +42,8 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from newarrivals.indexer.catalog.schema import Catalog, EventType, Interaction, Product, TextSource
 from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.schema import Catalog, EventType, Interaction, Product, TextSource
 from newarrivals.indexer.validation import (
     require_fraction,
     require_int,
@@ -1292,7 +1292,7 @@ def write_synthetic(
     """Draw the photos and write the catalogue and its ground truth to ``out_dir``.
 
     Writes ``images/<product_id>.png``, the catalogue files of
-    :func:`newarrivals.indexer.readers.write_catalog` (``products.<fmt>``,
+    :func:`newarrivals.indexer.catalog.readers.write_catalog` (``products.<fmt>``,
     ``interactions.<fmt>``) and ``ground_truth.json``. ``synth`` is not modified.
 
     Args:
@@ -1304,7 +1304,7 @@ def write_synthetic(
     Returns:
         ``out_dir``.
     """
-    from newarrivals.indexer.readers import (
+    from newarrivals.indexer.catalog.readers import (
         write_catalog,  # readers pulls in pandas; only writers need it
     )
 

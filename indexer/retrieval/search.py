@@ -25,11 +25,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.catalog.schema import EventType, Interaction
 from newarrivals.indexer.encoders.fusion import ABSENT_NORM, ConcatLayout, late_fuse
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
-from newarrivals.indexer.schema import EventType, Interaction
-from newarrivals.indexer.store import Candidate, ProductIndex, SearchFilter
-from newarrivals.indexer.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
+from newarrivals.indexer.index.store import Candidate, ProductIndex, SearchFilter
+from newarrivals.indexer.retrieval.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
 
 __all__ = [
     "ColdUserError",

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from newarrivals.indexer.ann import AnnConfig, auto_factory
-from newarrivals.indexer.cache import EmbeddingCache
+from newarrivals.indexer.catalog.readers import read_catalog, write_rejects
+from newarrivals.indexer.catalog.schema import Catalog, Product, Reject, SourceRef, product_document
 from newarrivals.indexer.device import faiss_gpu_count, resolve_device
 from newarrivals.indexer.encoders import (
     FusionConfig,
@@ -40,17 +40,17 @@ from newarrivals.indexer.encoders import (
     fused_dim,
     text_digest,
 )
-from newarrivals.indexer.encoders.onnx_runtime import (
+from newarrivals.indexer.encoders.onnx_encoders import (
     export_image,
     export_text,
     load_image_export,
     load_text_export,
 )
 from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.readers import read_catalog, write_rejects
-from newarrivals.indexer.schema import Catalog, Product, Reject, SourceRef, product_document
-from newarrivals.indexer.store import ProductIndex
-from newarrivals.indexer.version import (
+from newarrivals.indexer.index.ann import AnnConfig, auto_factory
+from newarrivals.indexer.index.cache import EmbeddingCache
+from newarrivals.indexer.index.store import ProductIndex
+from newarrivals.indexer.index.version import (
     FORMAT_VERSION,
     library_versions,
     new_version_id,

@@ -2,8 +2,8 @@
 
 The format is chosen by the file suffix: ``.jsonl``/``.ndjson``/``.json`` (JSON Lines, one
 object per line), ``.csv`` and ``.parquet``. Field names are those of
-:class:`~newarrivals.indexer.schema.Product` and
-:class:`~newarrivals.indexer.schema.Interaction`.
+:class:`~newarrivals.indexer.catalog.schema.Product` and
+:class:`~newarrivals.indexer.catalog.schema.Interaction`.
 
 How values are read (the same rules for every format):
 
@@ -33,7 +33,7 @@ How values are read (the same rules for every format):
 
 An empty CSV cell means "not given". A row that cannot be used (no id, a duplicate product
 id, an unparsable value, malformed JSON, a value of the wrong type, a CSV row with the wrong
-number of fields) becomes a :class:`~newarrivals.indexer.schema.Reject` that names the file,
+number of fields) becomes a :class:`~newarrivals.indexer.catalog.schema.Reject` that names the file,
 its 1-based line (CSV: the header is line 1; Parquet: the row number, said so in the reason)
 and the bad value, and reading carries on; with ``strict=True`` the first one raises
 :class:`~newarrivals.indexer.errors.CatalogError`. Of two rows with the same product id the
@@ -42,7 +42,7 @@ first is kept.
 Example:
     >>> from pathlib import Path
     >>> import tempfile
-    >>> from newarrivals.indexer.schema import Catalog, Product
+    >>> from newarrivals.indexer.catalog.schema import Catalog, Product
     >>> out = Path(tempfile.mkdtemp())
     >>> paths = write_catalog(Catalog([Product("00123", price=9.5)]), out, fmt="csv")
     >>> read_catalog(out).products[0].product_id
@@ -66,8 +66,7 @@ from urllib.request import url2pathname
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.schema import (
+from newarrivals.indexer.catalog.schema import (
     Catalog,
     EventType,
     Interaction,
@@ -76,6 +75,7 @@ from newarrivals.indexer.schema import (
     SourceRef,
     TextSource,
 )
+from newarrivals.indexer.errors import CatalogError, ConfigError
 
 __all__ = [
     "READ_SUFFIXES",
@@ -278,7 +278,7 @@ def read_catalog(path: Path, *, strict: bool = False) -> Catalog:
     * a folder with ``products.{jsonl,csv,parquet}`` and optionally
       ``interactions.{jsonl,csv,parquet}`` (generic schema);
     * a folder in the Kaggle H&M layout (``articles.csv`` and ``transactions_train.csv``),
-      read by :func:`newarrivals.indexer.hm.read_hm`;
+      read by :func:`newarrivals.indexer.catalog.hm.read_hm`;
     * a single products file (no interactions).
 
     Args:
@@ -301,7 +301,12 @@ def read_catalog(path: Path, *, strict: bool = False) -> Catalog:
         raise CatalogError(f"catalogue path {path} does not exist; pass a folder or a file.")
     # Imported here, not at the top: hm builds on this module's row helpers, so a top-level
     # import would be circular.
-    from newarrivals.indexer.hm import ARTICLES_FILE, TRANSACTIONS_FILE, is_hm_layout, read_hm
+    from newarrivals.indexer.catalog.hm import (
+        ARTICLES_FILE,
+        TRANSACTIONS_FILE,
+        is_hm_layout,
+        read_hm,
+    )
 
     if is_hm_layout(path):
         return read_hm(path, strict=strict)

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.encoders import (
     FusionConfig,
     ImageEncoder,
@@ -69,14 +70,13 @@ from newarrivals.indexer.encoders import (
     load_photo,
 )
 from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.schema import Product
+from newarrivals.indexer.index.version import library_versions
 from newarrivals.indexer.validation import (
     require_fraction,
     require_int,
     require_known_fields,
     require_positive,
 )
-from newarrivals.indexer.version import library_versions
 
 if TYPE_CHECKING:
     import torch
@@ -1080,9 +1080,9 @@ def align_images(
     Returns:
         The training report plus the photo-only counts.
     """
-    from newarrivals.indexer.build import encode_products
+    from newarrivals.indexer.catalog.readers import read_catalog
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.indexer.readers import read_catalog
+    from newarrivals.indexer.index.build import encode_products
 
     text_config = text_config if text_config is not None else TextEncoderConfig()
     if launched_before is not None and launched_before.utcoffset() is None:

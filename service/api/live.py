@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.device import resolve_device
 from newarrivals.indexer.encoders.fusion import ConcatLayout
 from newarrivals.indexer.encoders.product import EncodedInputs, ProductEncoder
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
-from newarrivals.indexer.schema import Interaction, Product
-from newarrivals.indexer.version import MANIFEST_FILE, latest_version
+from newarrivals.indexer.index.version import MANIFEST_FILE, latest_version
 from newarrivals.ranker.base import Ranker
 from newarrivals.ranker.blend import Blend
 from newarrivals.service.api.journal import Journal
@@ -136,7 +136,7 @@ class Runtime:
         """Load the ranker and the index version, replay the journal, publish the state."""
         try:
             if self.settings.ranker is not None:
-                from newarrivals.ranker.runtime import load_ranker
+                from newarrivals.ranker.loading import load_ranker
 
                 self.ranker = load_ranker(
                     self.settings.ranker, device=self.device, threads=self.settings.threads

@@ -27,7 +27,7 @@ from typing import Any
 
 from newarrivals.indexer.encoders.base import file_digest
 from newarrivals.indexer.errors import IndexIntegrityError
-from newarrivals.indexer.store import ProductIndex
+from newarrivals.indexer.index.store import ProductIndex
 
 __all__ = [
     "FORMAT_VERSION",

@@ -4,7 +4,7 @@
 ids to int64 ids (assigned incrementally, never reused, so a stale int id can never point
 at a different product), keeps a columnar metadata table for vectorised filtering, keeps
 the float32 vectors (for user vectors and exact fallbacks), and delegates nearest-neighbour
-search to a :class:`~newarrivals.indexer.ann.VectorIndex`.
+search to a :class:`~newarrivals.indexer.index.ann.VectorIndex`.
 
 Rows are kept in int-id order, so ``int_ids`` is sorted and an int id's row is found with
 ``np.searchsorted``. Live updates are cheap: the columns live in buffers with spare capacity
@@ -40,14 +40,14 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.ann import AnnConfig, VectorIndex, load_index, make_index
+from newarrivals.indexer.catalog.schema import CATEGORY_SEPARATOR, Product
 from newarrivals.indexer.errors import (
     CatalogError,
     ConfigError,
     IndexIntegrityError,
     UnknownProductError,
 )
-from newarrivals.indexer.schema import CATEGORY_SEPARATOR, Product
+from newarrivals.indexer.index.ann import AnnConfig, VectorIndex, load_index, make_index
 
 __all__ = ["Candidate", "ProductIndex", "SearchFilter"]
 

@@ -40,8 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.readers import (
+from newarrivals.indexer.catalog.readers import (
     _absolute,
     _iter_csv,
     _parse_price,
@@ -49,7 +48,7 @@ from newarrivals.indexer.readers import (
     _Quarantine,
     _RowError,
 )
-from newarrivals.indexer.schema import (
+from newarrivals.indexer.catalog.schema import (
     Catalog,
     EventType,
     Interaction,
@@ -58,6 +57,7 @@ from newarrivals.indexer.schema import (
     SourceRef,
     TextSource,
 )
+from newarrivals.indexer.errors import CatalogError, ConfigError
 
 __all__ = ["ARTICLES_FILE", "IMAGES_DIR", "TRANSACTIONS_FILE", "is_hm_layout", "read_hm"]
 

@@ -1,0 +1,1 @@
+"""Retrieval: user vectors from interactions, the popular fallback, and search."""
