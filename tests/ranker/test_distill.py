@@ -39,7 +39,8 @@ from newarrivals.ranker import (
     train_ranker,
 )
 from newarrivals.ranker.base import softmax
-from newarrivals.ranker.conftest import Shop
+
+from .conftest import Shop
 
 TRAIN = RankerTrainConfig(
     retrieval_candidates=20,

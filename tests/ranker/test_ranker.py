@@ -30,8 +30,9 @@ from newarrivals.ranker import (
     split_by_user,
     train_ranker,
 )
-from newarrivals.ranker.conftest import COLOURS, Shop
 from newarrivals.ranker.context import pair_batch
+
+from .conftest import COLOURS, Shop
 
 TRAIN = RankerTrainConfig(
     retrieval_candidates=20,

@@ -21,7 +21,6 @@ from newarrivals.ranker.blend import (
     holdout_warning,
     standardise,
 )
-from newarrivals.ranker.conftest import COLOURS, GARMENTS
 from newarrivals.ranker.trainer import (
     ColdStartListConfig,
     ColdStartLists,
@@ -35,6 +34,8 @@ from newarrivals.ranker.trainer import (
     rerank_ndcg,
     split_by_user,
 )
+
+from .conftest import COLOURS, GARMENTS
 
 CUTOFF = datetime(2024, 4, 1, tzinfo=UTC)
 
