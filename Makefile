@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh clone:
 #   make demo   - create .venv, install, run the main job on the synthetic catalogue
-#   make test   - create .venv, install, run ruff, mypy and pytest
+#   make test   - create .venv, install, find or install Chromium, run ruff, mypy and pytest
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint typecheck mypy-path pytest bench bench-faiss bench-encode bench-load clean
+.PHONY: install demo test browser lint typecheck mypy-path pytest bench bench-faiss bench-encode bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,44 @@ typecheck: install mypy-path
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The browser test (tests/service/test_web.py) drives Debian's Chromium; Playwright never
+# downloads a browser here. `make browser` does nothing when it finds one: the executable that
+# NEWARRIVALS_CHROMIUM names, else `chromium` on PATH (CHROMIUM=NAME looks for another name).
+# Otherwise it installs Debian's package with apt-get (as root, or through sudo; the package
+# lists are refreshed and the install retried when the first try fails), or, with neither,
+# stops and prints the command to run.
+CHROMIUM ?= $(if $(NEWARRIVALS_CHROMIUM),$(NEWARRIVALS_CHROMIUM),chromium)
+CHROMIUM_PACKAGE ?= chromium
+APT_GET ?= apt-get
+
+browser:
+	@if command -v "$(CHROMIUM)" >/dev/null 2>&1; then \
+		echo "browser: $$(command -v "$(CHROMIUM)")"; \
+	elif [ -n "$$NEWARRIVALS_CHROMIUM" ]; then \
+		echo "browser: NEWARRIVALS_CHROMIUM=$$NEWARRIVALS_CHROMIUM is not an executable;" \
+			"point it at a Chromium, or unset it to use Debian's $(CHROMIUM_PACKAGE)" >&2; \
+		exit 1; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then as_root=; \
+		elif command -v sudo >/dev/null 2>&1; then as_root=sudo; \
+		else \
+			echo "browser: no $(CHROMIUM) found, and installing it needs root (no sudo);" \
+				"run as root: apt-get update && apt-get install -y --no-install-recommends" \
+				"$(CHROMIUM_PACKAGE) (or set NEWARRIVALS_CHROMIUM to a Chromium executable)" >&2; \
+			exit 1; \
+		fi; \
+		echo "browser: no $(CHROMIUM) found; installing Debian's $(CHROMIUM_PACKAGE)"; \
+		apt="$$as_root env DEBIAN_FRONTEND=noninteractive $(APT_GET)"; \
+		$$apt install -y -q --no-install-recommends $(CHROMIUM_PACKAGE) \
+			|| { $$apt update -q && $$apt install -y -q --no-install-recommends $(CHROMIUM_PACKAGE); } \
+			|| { echo "browser: installing $(CHROMIUM_PACKAGE) failed; run:" \
+				"apt-get update && apt-get install -y --no-install-recommends" \
+				"$(CHROMIUM_PACKAGE) as root" >&2; exit 1; }; \
+		command -v $(CHROMIUM_PACKAGE) >/dev/null 2>&1 \
+			|| { echo "browser: $(CHROMIUM_PACKAGE) installed but not on PATH" >&2; exit 1; }; \
+	fi
+
+test: browser lint typecheck pytest
 
 # make bench: every benchmark at a moderate size into $(BENCH_DIR), then one report,
 # $(BENCH_DIR)/REPORT.md with PNG charts (benchmarks/report.py, which also runs alone on

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.service.api import ServeSettings, create_app
 
-CHROMIUM = os.environ.get("NEWARRIVALS_CHROMIUM", "/usr/bin/chromium")
+# The same search as `make browser`: NEWARRIVALS_CHROMIUM, else `chromium` on PATH.
+CHROMIUM = os.environ.get("NEWARRIVALS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "reports" / "test-artifacts"
 
 
@@ -97,8 +98,8 @@ def live_server(make_settings: Callable[..., ServeSettings]) -> Iterator[tuple[s
 def test_both_views_render_in_a_real_browser(live_server: tuple[str, str]) -> None:
     if shutil.which(CHROMIUM) is None:
         pytest.fail(
-            f"no Chromium at {CHROMIUM}: install Debian's package (`apt-get install chromium`, "
-            "as .ci/run does) or point NEWARRIVALS_CHROMIUM at one."
+            f"no Chromium at {CHROMIUM}: run `make browser` (it installs Debian's package) "
+            "or point NEWARRIVALS_CHROMIUM at one."
         )
     from playwright.sync_api import expect, sync_playwright
 
