@@ -88,9 +88,9 @@ test: browser lint typecheck pytest
 # $(BENCH_DIR)/REPORT.md with PNG charts (benchmarks/report.py, which also runs alone on
 # earlier results). About 14 minutes on an idle 2-core CPU, plus the API load test's 14
 # (measured 2026-11-28: 27 min 51 s in all), and, the first time, 1-1.5 hours to build the
-# load test's 100,000-product index (see bench-load). The
-# README's 1M-vector FAISS table: `make bench BENCH_SCALE=1000000` (about 15 minutes more
-# and 5 GiB of RAM).
+# load test's 100,000-product index (see bench-load). At the scale of the 1M-vector FAISS
+# table (reports/published/2026-11-28-faiss-1m.md): `make bench BENCH_SCALE=1000000` (about
+# 15 minutes more and 5 GiB of RAM).
 BENCH_DIR ?= reports/bench
 BENCH_WORK ?= $(BENCH_DIR)/work
 BENCH_SCALE ?= 200000
