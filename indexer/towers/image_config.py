@@ -343,6 +343,8 @@ def write_manifest(
     report: ImageTowerReport,
     held_out: Mapping[str, list[str]],
 ) -> None:
+    """Write ``tower.json``: format, config, model config, library versions, the report and
+    the held-out product ids (so an evaluation can stay off them)."""
     manifest = {
         "format": _MANIFEST_FORMAT,
         "kind": "newarrivals-image-tower",

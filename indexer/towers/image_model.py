@@ -66,6 +66,7 @@ def model_config(config: ImageTowerConfig, embed_dim: int) -> dict[str, Any]:
 
 
 def preprocess_config(image_size: int) -> dict[str, Any]:
+    """open_clip's ``preprocess_cfg`` for the saved tower, matching the training cache."""
     # "shortest" + centre-crop on a photo already padded to a square is a plain resize:
     # the same bicubic resize that filled the training cache (see decode_photo).
     return {
@@ -80,6 +81,7 @@ def preprocess_config(image_size: int) -> dict[str, Any]:
 
 
 def new_model(model_cfg: Mapping[str, Any], seed: int) -> Any:
+    """A fresh open_clip CLIP from ``model_cfg``, seeded, with the CLIP initial temperature."""
     import open_clip
     import torch
 

@@ -33,6 +33,7 @@ _SATURATION = 0.08
 
 
 def decode_photo(path: str, size: int) -> np.ndarray:
+    """One photo padded to a square and resized to ``size``, as ``(size, size, 3)`` uint8."""
     img = load_photo(path, pad_to_square=True)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BICUBIC)

@@ -119,6 +119,7 @@ class UserTower:
     # -- inference ------------------------------------------------------------------
 
     def check_dim(self, dim: int) -> None:
+        """Raise when product vectors of ``dim`` are not the ones the tower was trained on."""
         if dim != self.dim:
             raise IndexIntegrityError(
                 f"the user tower was trained on {self.dim}-dim product vectors but was given "

@@ -162,6 +162,7 @@ def collate_histories(
 
 
 def unit_rows(x: FloatArray) -> FloatArray:
+    """Rows scaled to unit length; zero rows stay zero."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     out: FloatArray = (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     return out
