@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from newarrivals.indexer.towers.image import ImageTowerConfig, ImageTowerReport, align_images
+from newarrivals.indexer.towers.image import align_images
+from newarrivals.indexer.towers.image_config import ImageTowerConfig, ImageTowerReport
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/hm"
 

@@ -166,7 +166,8 @@ def _default_cutoff(config: DemoConfig, data: Path, catalog: Catalog) -> str | N
 def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
     """Run every preparation step (or reuse it) and return where the pieces are."""
     from newarrivals.indexer.evaluation import EvaluateConfig, evaluate, resolve_profile
-    from newarrivals.indexer.towers.image import ImageTowerConfig, align_images
+    from newarrivals.indexer.towers.image import align_images
+    from newarrivals.indexer.towers.image_config import ImageTowerConfig
     from newarrivals.ranker.online import SERVING_RETRIEVAL
 
     t_start = time.perf_counter()

@@ -295,8 +295,10 @@ def _encode(
 
 
 def _tower_fit(config: EvaluateConfig, device: str) -> UserTowerFit:
-    """Adapt :func:`newarrivals.indexer.towers.user.train_user_tower` to :data:`UserTowerFit`."""
-    from newarrivals.indexer.towers.user import UserTowerConfig, train_user_tower
+    """Adapt :func:`~newarrivals.indexer.towers.user_training.train_user_tower` to
+    :data:`UserTowerFit`."""
+    from newarrivals.indexer.towers.user_config import UserTowerConfig
+    from newarrivals.indexer.towers.user_training import train_user_tower
 
     tower_config = UserTowerConfig(
         seed=config.seed, device=device, max_minutes=config.user_tower_minutes

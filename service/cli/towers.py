@@ -61,7 +61,8 @@ def _add_align(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _cmd_align(args: argparse.Namespace) -> int:
     # Imported here: the training module pulls in open_clip, which other commands skip.
-    from newarrivals.indexer.towers.image import ImageTowerConfig, align_images
+    from newarrivals.indexer.towers.image import align_images
+    from newarrivals.indexer.towers.image_config import ImageTowerConfig
 
     launched = utc_day("--launched-before", args.launched_before)
     config = ImageTowerConfig(
@@ -113,7 +114,8 @@ def _add_train_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _cmd_train_users(args: argparse.Namespace) -> int:
     # Imported here: torch is slow to import and only this command trains.
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.indexer.towers.user import UserTowerConfig, train_user_tower
+    from newarrivals.indexer.towers.user_config import UserTowerConfig
+    from newarrivals.indexer.towers.user_training import train_user_tower
 
     config = UserTowerConfig(
         epochs=args.epochs,

@@ -25,14 +25,13 @@ from newarrivals.indexer.encoders import (
     ImageEncoderConfig,
     fused_dim,
 )
-from newarrivals.indexer.towers.image import (
+from newarrivals.indexer.towers.image_config import (
     ARCHITECTURES,
     TOWER_MANIFEST,
     ImageTowerConfig,
     ImageTowerReport,
-    image_text_recall,
-    train_image_tower,
 )
+from newarrivals.indexer.towers.image_training import image_text_recall, train_image_tower
 
 TEXT_DIM = 32
 TINY = ImageTowerConfig(
@@ -120,7 +119,7 @@ def test_artifact_round_trip_matches_training_eval(trained: Trained) -> None:
     import open_clip
     import torch
 
-    from newarrivals.indexer.towers.image import _decode_one
+    from newarrivals.indexer.towers.image_photos import decode_photo
 
     manifest = json.loads((trained.tower / TOWER_MANIFEST).read_text())
     assert manifest["report"]["valid_trained"] == trained.report.valid_trained
@@ -139,7 +138,7 @@ def test_artifact_round_trip_matches_training_eval(trained: Trained) -> None:
 
     # ...and the same vectors as the training cache's preprocessing.
     model = open_clip.create_model(f"local-dir:{trained.tower}").eval()
-    cached = np.stack([_decode_one(str(trained.products[i].image), 32) for i in rows[:16]])
+    cached = np.stack([decode_photo(str(trained.products[i].image), 32) for i in rows[:16]])
     x = torch.from_numpy(cached).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)

@@ -33,14 +33,11 @@ from newarrivals.indexer.retrieval.search import (
     recommend_for_user,
 )
 from newarrivals.indexer.retrieval.users import UserVectors
-from newarrivals.indexer.towers.user import (
-    MANIFEST_FILE,
-    ArrayProductVectors,
-    UserHistoryStore,
-    UserTower,
-    UserTowerConfig,
-    train_user_tower,
-)
+from newarrivals.indexer.towers.user import UserTower
+from newarrivals.indexer.towers.user_config import MANIFEST_FILE, UserTowerConfig
+from newarrivals.indexer.towers.user_data import ArrayProductVectors
+from newarrivals.indexer.towers.user_history import UserHistoryStore
+from newarrivals.indexer.towers.user_training import train_user_tower
 
 K = 10
 
