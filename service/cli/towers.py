@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.encoders import TextEncoderConfig
@@ -13,10 +12,6 @@ from newarrivals.indexer.index.version import IndexVersion
 from newarrivals.service.cli.common import (
     utc_day,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = ["add_parsers"]
 
