@@ -26,6 +26,7 @@ from newarrivals.indexer.retrieval.search import (
     similar_products,
     user_query,
 )
+from newarrivals.indexer.retrieval.users import UserVectors
 from newarrivals.ranker.base import softmax
 from newarrivals.service.api.live import EncodedProduct, Runtime
 from newarrivals.service.api.schemas import (
@@ -123,22 +124,23 @@ def _reasons(
 
 
 def _retrieve(
+    runtime: Runtime,
     state: ServingState,
     query: UserQuery,
-    depth: int,
-    flt: SearchFilter,
     recent: Sequence[str],
-    *,
-    rerank: bool,
-    late: bool,
+    params: UserRecommendationQuery | SessionRecommendationRequest,
+    now: datetime,
 ) -> _Retrieved:
     """The indexer's first stage, then copy out metadata, reasons and, when the re-rank
     will blend, the vectors the blend reads (read lock held by the caller).
 
-    With ``late`` (``NEWARRIVALS_RETRIEVAL=late-max``) and recent products to compare with,
+    With ``NEWARRIVALS_RETRIEVAL=late-max`` and recent products to compare with,
     :func:`~newarrivals.indexer.retrieval.search.search_query` runs the late-fusion search;
     otherwise the index's search with the query vector.
     """
+    rerank = params.rerank
+    depth = max(params.k, runtime.settings.rerank_depth) if rerank else params.k
+    late = runtime.settings.retrieval == "late-max"
     # The recent products' and the candidates' vectors are read once, for the late search,
     # the reasons and the blend alike.
     live = [p for p in recent if p in state.store]
@@ -149,7 +151,7 @@ def _retrieve(
         state.store,
         query,
         depth,
-        flt,
+        search_filter(params, now),
         layout=state.layout if late else None,
         recent_vectors=live_vectors,
     )
@@ -244,8 +246,31 @@ def _require_ranker(runtime: Runtime, rerank: bool) -> None:
         )
 
 
-def _depth(runtime: Runtime, k: int, rerank: bool) -> int:
-    return max(k, runtime.settings.rerank_depth) if rerank else k
+def _answer(
+    runtime: Runtime,
+    got: _Retrieved,
+    query: UserQuery,
+    params: UserRecommendationQuery | SessionRecommendationRequest,
+    *,
+    user_id: str | None,
+    ignored: Sequence[str] = (),
+) -> RecommendationsPublic:
+    """Re-rank (outside the state lock) and shape the response."""
+    return RecommendationsPublic(
+        user_id=user_id,
+        fallback=query.fallback,
+        fallback_reason=query.reason or None,
+        reranked=params.rerank,
+        reranked_by=_reranked_by(got, params.rerank),
+        index_version=got.index_version,
+        items=_items(runtime, got, params.k, params.rerank),
+        ignored_product_ids=list(ignored),
+    )
+
+
+def _recent(users: UserVectors, user_id: str) -> list[str]:
+    st = users.state(user_id)
+    return list(st.recent) if st is not None else []
 
 
 def recommendations_for_user(
@@ -257,30 +282,13 @@ def recommendations_for_user(
 ) -> RecommendationsPublic:
     """Top products for a known user; an unknown one gets the flagged cold-user fallback."""
     _require_ranker(runtime, params.rerank)
-    depth = _depth(runtime, params.k, params.rerank)
     with state.lock.read():
         query = user_query(
             state.users, user_id, state.fallback, exclude_purchased=not params.include_purchased
         )
-        st = state.users.state(user_id)
-        got = _retrieve(
-            state,
-            query,
-            depth,
-            search_filter(params, now),
-            list(st.recent) if st is not None else [],
-            rerank=params.rerank,
-            late=runtime.settings.retrieval == "late-max",
-        )
-    return RecommendationsPublic(
-        user_id=user_id,
-        fallback=query.fallback,
-        fallback_reason=query.reason or None,
-        reranked=params.rerank,
-        reranked_by=_reranked_by(got, params.rerank),
-        index_version=got.index_version,
-        items=_items(runtime, got, params.k, params.rerank),
-    )
+        recent = _recent(state.users, user_id)
+        got = _retrieve(runtime, state, query, recent, params, now)
+    return _answer(runtime, got, query, params, user_id=user_id)
 
 
 def recommendations_for_session(
@@ -291,7 +299,6 @@ def recommendations_for_session(
 ) -> RecommendationsPublic:
     """Top products for an anonymous session (its products or events, newest first)."""
     _require_ranker(runtime, body.rerank)
-    depth = _depth(runtime, body.k, body.rerank)
     # Untimed entries are spaced a second apart, newest first, so their order counts.
     events = [
         (e.product_id, e.event, e.timestamp or now - timedelta(seconds=i))
@@ -311,26 +318,8 @@ def recommendations_for_session(
             exclude_purchased=not body.include_purchased,
             exclude_seen=body.exclude_seen,
         )
-        st = session.state(SESSION_USER)
-        got = _retrieve(
-            state,
-            query,
-            depth,
-            search_filter(body, now),
-            list(st.recent) if st is not None else [],
-            rerank=body.rerank,
-            late=runtime.settings.retrieval == "late-max",
-        )
-    return RecommendationsPublic(
-        user_id=None,
-        fallback=query.fallback,
-        fallback_reason=query.reason or None,
-        reranked=body.rerank,
-        reranked_by=_reranked_by(got, body.rerank),
-        index_version=got.index_version,
-        items=_items(runtime, got, body.k, body.rerank),
-        ignored_product_ids=ignored,
-    )
+        got = _retrieve(runtime, state, query, _recent(session, SESSION_USER), body, now)
+    return _answer(runtime, got, query, body, user_id=None, ignored=ignored)
 
 
 def similar_to_product(
