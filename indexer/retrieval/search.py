@@ -1,4 +1,11 @@
-"""Retrieval queries over a loaded index version: for a user, and for a product.
+"""Retrieval queries over a loaded index version: for a user, a session, and a product.
+
+This is the one first stage the command line and the HTTP API share: :func:`user_query`
+and :func:`session_query` turn a user (or an anonymous session's events) into a
+:class:`UserQuery`, and :func:`search_query` searches with it; :func:`recommend_for_user`
+and :func:`recommend_for_session` chain the two, and :func:`similar_products` answers for
+a product. The API (``newarrivals.service.api.queries``) adds reasons, re-ranking and its
+response schemas on top.
 
 Cold users (no event on an indexed product) get a documented fallback through
 :func:`recommend_for_user`, flagged in its :class:`RetrievalResult`:
@@ -12,7 +19,7 @@ Cold users (no event on an indexed product) get a documented fallback through
     popular right now. With no interaction in the window the whole history counts; with
     none at all, the centroid of every indexed product.
 
-:func:`retrieve_for_user` keeps its contract (it raises :class:`ColdUserError`).
+:func:`retrieve_for_user` raises :class:`ColdUserError` for such a user instead.
 """
 
 from __future__ import annotations
@@ -92,11 +99,14 @@ def retrieve_for_user(
             f"user {user_id!r} has no event on an indexed product, so there is no user vector; "
             "pass a user with history, or use recommend_for_user for the popular fallback."
         )
-    flt = search_filter or SearchFilter()
+    query = UserQuery(vec, vec, _purchases(users, user_id, exclude_purchased), fallback=False)
+    return search_query(store, query, k, search_filter)
+
+
+def _purchases(users: UserVectorSource, user_id: str, exclude: bool) -> frozenset[str]:
+    """What the user bought, when purchases are to be left out (else nothing)."""
     state = users.state(user_id)
-    if exclude_purchased and state is not None and state.purchased:
-        flt = replace(flt, exclude_ids=frozenset(flt.exclude_ids | state.purchased))
-    return store.search(vec[None, :].astype(np.float32), k, flt)[0]
+    return frozenset(state.purchased) if exclude and state is not None else frozenset()
 
 
 def similar_products(
@@ -260,14 +270,13 @@ def user_query(
         cold_reason: How the fallback's reason starts (``"cold user: <rule>"``).
     """
     own = users.vector(user_id)
-    state = users.state(user_id)
-    bought = state.purchased if exclude_purchased and state is not None else set()
+    bought = _purchases(users, user_id, exclude_purchased)
     if own is not None:
-        return UserQuery(own, own, frozenset(bought), fallback=False)
+        return UserQuery(own, own, bought, fallback=False)
     return UserQuery(
         fallback.vector,
         None,
-        frozenset(bought),
+        bought,
         fallback=True,
         reason=f"{cold_reason}: {fallback.rule}",
     )
