@@ -11,17 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Module names (or prefixes ending in ".") that belong to training, evaluation or
-# dataset generation, never to a request.
+# Modules of training, evaluation or dataset generation, which no request needs. Each name
+# also covers every module whose name starts with it (sub-modules, ``training_loop``).
 FORBIDDEN = (
     "newarrivals.ranker.trainer",
     "newarrivals.ranker.distill",
     "newarrivals.ranker.training",
+    "newarrivals.ranker.evaluation",
+    "newarrivals.ranker.two_stage",
+    "newarrivals.ranker.rerank_evaluation",
     "newarrivals.indexer.catalog.synth",
     "newarrivals.indexer.evaluation",
     "newarrivals.indexer.towers.image",
     "newarrivals.indexer.towers.training",
-    "newarrivals.indexer.towers.loop",
+    "newarrivals.indexer.towers.user_training",
+    "newarrivals.indexer.towers.user_pipeline",
 )
 
 _PROBE = """
@@ -37,8 +41,6 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("newarrivals"))))
 
 
 def _is_forbidden(module: str) -> bool:
-    # A prefix matches the module itself, its sub-modules and its siblings named after it
-    # (``newarrivals.ranker.training`` covers ``training_loop`` too).
     return any(module.startswith(prefix) for prefix in FORBIDDEN)
 
 
