@@ -1,4 +1,6 @@
-"""Serving stage: the command-line interface (and, later, the HTTP API)."""
+"""Serving stage: the HTTP API (:mod:`newarrivals.service.api`), the ``newarrivals``
+command line (:mod:`newarrivals.service.cli`) and the first-run demo
+(:mod:`newarrivals.service.demo`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""Retrieval queries over a loaded index version: for a user, and for a product.
+"""Retrieval queries over a loaded index version: for a user, a session, and a product.
+
+This is the one first stage the command line and the HTTP API share: :func:`user_query`
+and :func:`session_query` turn a user (or an anonymous session's events) into a
+:class:`UserQuery`, and :func:`search_query` searches with it; :func:`recommend_for_user`
+and :func:`recommend_for_session` chain the two, and :func:`similar_products` answers for
+a product. The API (``newarrivals.service.api.queries``) adds reasons, re-ranking and its
+response schemas on top.
 
 Cold users (no event on an indexed product) get a documented fallback through
 :func:`recommend_for_user`, flagged in its :class:`RetrievalResult`:
@@ -12,7 +19,7 @@ Cold users (no event on an indexed product) get a documented fallback through
     popular right now. With no interaction in the window the whole history counts; with
     none at all, the centroid of every indexed product.
 
-:func:`retrieve_for_user` keeps its contract (it raises :class:`ColdUserError`).
+:func:`retrieve_for_user` raises :class:`ColdUserError` for such a user instead.
 """
 
 from __future__ import annotations
@@ -29,18 +36,29 @@ from newarrivals.indexer.catalog.schema import EventType, Interaction
 from newarrivals.indexer.encoders.fusion import ABSENT_NORM, ConcatLayout, late_fuse
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
 from newarrivals.indexer.index.store import Candidate, ProductIndex, SearchFilter
-from newarrivals.indexer.retrieval.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
+from newarrivals.indexer.retrieval.users import (
+    DEFAULT_EVENT_WEIGHTS,
+    UserVectorConfig,
+    UserVectors,
+)
 
 __all__ = [
+    "SESSION_USER",
     "ColdUserError",
     "PopularFallback",
     "PopularFallbackConfig",
     "RetrievalResult",
+    "UserQuery",
     "UserVectorSource",
     "late_max_search",
+    "recommend_for_session",
     "recommend_for_user",
     "retrieve_for_user",
+    "search_query",
+    "session_query",
+    "session_vectors",
     "similar_products",
+    "user_query",
 ]
 
 
@@ -81,11 +99,14 @@ def retrieve_for_user(
             f"user {user_id!r} has no event on an indexed product, so there is no user vector; "
             "pass a user with history, or use recommend_for_user for the popular fallback."
         )
-    flt = search_filter or SearchFilter()
+    query = UserQuery(vec, vec, _purchases(users, user_id, exclude_purchased), fallback=False)
+    return search_query(store, query, k, search_filter)
+
+
+def _purchases(users: UserVectorSource, user_id: str, exclude: bool) -> frozenset[str]:
+    """What the user bought, when purchases are to be left out (else nothing)."""
     state = users.state(user_id)
-    if exclude_purchased and state is not None and state.purchased:
-        flt = replace(flt, exclude_ids=frozenset(flt.exclude_ids | state.purchased))
-    return store.search(vec[None, :].astype(np.float32), k, flt)[0]
+    return frozenset(state.purchased) if exclude and state is not None else frozenset()
 
 
 def similar_products(
@@ -205,6 +226,142 @@ class RetrievalResult:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class UserQuery:
+    """What the first stage searches with for one user or session.
+
+    Args:
+        vector: The search vector: the user's own, or the fallback's for a cold user.
+        user_vector: The user's own vector; ``None`` when the fallback answers.
+        exclude_ids: Products left out on top of the caller's filter (purchases, seen).
+        fallback: Whether the cold-user fallback answers.
+        reason: Why the fallback answers (empty otherwise).
+    """
+
+    vector: npt.NDArray[np.float32]
+    user_vector: npt.NDArray[np.float32] | None
+    exclude_ids: frozenset[str]
+    fallback: bool
+    reason: str = ""
+
+    def restrict(self, search_filter: SearchFilter | None) -> SearchFilter:
+        """``search_filter`` with this query's exclusions added."""
+        flt = search_filter or SearchFilter()
+        if not self.exclude_ids:
+            return flt
+        return replace(flt, exclude_ids=frozenset(flt.exclude_ids | self.exclude_ids))
+
+
+def user_query(
+    users: UserVectorSource,
+    user_id: str,
+    fallback: PopularFallback,
+    *,
+    exclude_purchased: bool = True,
+    cold_reason: str = "cold user",
+) -> UserQuery:
+    """The query for ``user_id``: their vector, or the popular fallback when they have none.
+
+    Args:
+        users: The user model.
+        user_id: Whom to recommend for.
+        fallback: The cold-user query.
+        exclude_purchased: Leave out what the user bought.
+        cold_reason: How the fallback's reason starts (``"cold user: <rule>"``).
+    """
+    own = users.vector(user_id)
+    bought = _purchases(users, user_id, exclude_purchased)
+    if own is not None:
+        return UserQuery(own, own, bought, fallback=False)
+    return UserQuery(
+        fallback.vector,
+        None,
+        bought,
+        fallback=True,
+        reason=f"{cold_reason}: {fallback.rule}",
+    )
+
+
+SESSION_USER = "\x00session"
+"""The user id an anonymous session's events are folded under (no real id can clash)."""
+
+
+def session_vectors(
+    store: ProductIndex,
+    events: Iterable[tuple[str, EventType, datetime]],
+    config: UserVectorConfig | None = None,
+) -> UserVectors:
+    """A one-user :class:`UserVectors` holding an anonymous session under :data:`SESSION_USER`.
+
+    Args:
+        store: The index; events on products it lacks are ignored.
+        events: ``(product_id, event, timestamp)`` triples.
+        config: How events weigh (the served users' config, so a session scores alike).
+    """
+    known = [e for e in events if e[0] in store]
+    # Every distinct product of the session stays in its recent list (``exclude_seen``).
+    session = UserVectors(store, config, recent_limit=len(known) or 1)
+    session.update_many(Interaction(SESSION_USER, p, ev, ts) for p, ev, ts in known)
+    return session
+
+
+def session_query(
+    session: UserVectors,
+    fallback: PopularFallback,
+    *,
+    exclude_purchased: bool = True,
+    exclude_seen: bool = True,
+) -> UserQuery:
+    """The query for a session built by :func:`session_vectors`; an empty one falls back.
+
+    Args:
+        session: The session's vectors.
+        fallback: The query when no session event is on an indexed product.
+        exclude_purchased: Leave out what the session bought.
+        exclude_seen: Leave out every product the session touched.
+    """
+    query = user_query(
+        session,
+        SESSION_USER,
+        fallback,
+        exclude_purchased=exclude_purchased,
+        cold_reason="empty session",
+    )
+    state = session.state(SESSION_USER)
+    if exclude_seen and state is not None:
+        query = replace(query, exclude_ids=query.exclude_ids | frozenset(state.recent))
+    return query
+
+
+def search_query(
+    store: ProductIndex,
+    query: UserQuery,
+    k: int,
+    search_filter: SearchFilter | None = None,
+    *,
+    layout: ConcatLayout | None = None,
+    recent_vectors: npt.NDArray[np.float32] | None = None,
+) -> list[Candidate]:
+    """The first stage for a user or session query.
+
+    Args:
+        store: The index.
+        query: From :func:`user_query` or :func:`session_query`.
+        k: Candidates to return.
+        search_filter: Restrictions; the query's exclusions are added.
+        layout: With ``recent_vectors``, search with :func:`late_max_search` (concat index).
+        recent_vectors: ``(h, dim)`` vectors of the user's recent products; with none
+            (or no ``layout``), the index's search with the query vector.
+
+    Returns:
+        Up to ``k`` candidates, best first.
+    """
+    flt = query.restrict(search_filter)
+    if layout is not None and recent_vectors is not None and len(recent_vectors):
+        return late_max_search(store, layout, recent_vectors, k, flt)
+    return store.search(query.vector[None, :].astype(np.float32), k, flt)[0]
+
+
 def recommend_for_user(
     store: ProductIndex,
     users: UserVectorSource,
@@ -221,17 +378,30 @@ def recommend_for_user(
         The candidates, ``fallback=True`` (with the rule in ``reason``) when the user had
         no usable vector.
     """
-    if users.vector(user_id) is not None:
-        cands = retrieve_for_user(
-            store, users, user_id, k, search_filter, exclude_purchased=exclude_purchased
-        )
-        return RetrievalResult(cands, fallback=False)
-    flt = search_filter or SearchFilter()
-    state = users.state(user_id)
-    if exclude_purchased and state is not None and state.purchased:
-        flt = replace(flt, exclude_ids=frozenset(flt.exclude_ids | state.purchased))
-    cands = store.search(fallback.vector[None, :], k, flt)[0]
-    return RetrievalResult(cands, fallback=True, reason=f"cold user: {fallback.rule}")
+    query = user_query(users, user_id, fallback, exclude_purchased=exclude_purchased)
+    cands = search_query(store, query, k, search_filter)
+    return RetrievalResult(cands, fallback=query.fallback, reason=query.reason)
+
+
+def recommend_for_session(
+    store: ProductIndex,
+    events: Iterable[tuple[str, EventType, datetime]],
+    k: int,
+    search_filter: SearchFilter | None = None,
+    *,
+    fallback: PopularFallback,
+    config: UserVectorConfig | None = None,
+    exclude_purchased: bool = True,
+    exclude_seen: bool = True,
+) -> RetrievalResult:
+    """Candidates for an anonymous session's ``(product_id, event, timestamp)`` events;
+    a session with no event on an indexed product gets the popular fallback, flagged."""
+    session = session_vectors(store, events, config)
+    query = session_query(
+        session, fallback, exclude_purchased=exclude_purchased, exclude_seen=exclude_seen
+    )
+    cands = search_query(store, query, k, search_filter)
+    return RetrievalResult(cands, fallback=query.fallback, reason=query.reason)
 
 
 def _unit(vec: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float32]:

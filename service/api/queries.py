@@ -14,10 +14,18 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
-from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
+from newarrivals.indexer.catalog.schema import EventType, Product
+from newarrivals.indexer.errors import NewArrivalsError
 from newarrivals.indexer.index.store import Candidate, SearchFilter
-from newarrivals.indexer.retrieval.search import late_max_search
+from newarrivals.indexer.retrieval.search import (
+    SESSION_USER,
+    UserQuery,
+    search_query,
+    session_query,
+    session_vectors,
+    similar_products,
+    user_query,
+)
 from newarrivals.indexer.retrieval.users import UserVectors
 from newarrivals.ranker.base import softmax
 from newarrivals.service.api.live import EncodedProduct, Runtime
@@ -43,14 +51,12 @@ if TYPE_CHECKING:
 __all__ = [
     "RankerMissingError",
     "cold_start",
-    "recommend_for_session",
-    "recommend_for_user",
+    "recommendations_for_session",
+    "recommendations_for_user",
     "search_filter",
-    "similar",
+    "similar_to_product",
     "user_profile",
 ]
-
-_SESSION_USER = "\x00session"
 
 
 class RankerMissingError(NewArrivalsError):
@@ -118,33 +124,37 @@ def _reasons(
 
 
 def _retrieve(
+    runtime: Runtime,
     state: ServingState,
-    query: np.ndarray,
-    depth: int,
-    flt: SearchFilter,
+    query: UserQuery,
     recent: Sequence[str],
-    *,
-    user: np.ndarray | None,
-    rerank: bool,
-    late: bool,
+    params: UserRecommendationQuery | SessionRecommendationRequest,
+    now: datetime,
 ) -> _Retrieved:
-    """Search, then copy out metadata, reasons and, when the re-rank will blend, the
-    vectors the blend reads (read lock held by the caller).
+    """The indexer's first stage, then copy out metadata, reasons and, when the re-rank
+    will blend, the vectors the blend reads (read lock held by the caller).
 
-    With ``late`` (``NEWARRIVALS_RETRIEVAL=late-max``) and recent products to compare with,
-    the first stage is :func:`~newarrivals.indexer.retrieval.search.late_max_search`; otherwise
-    the index's search with ``query``.
+    With ``NEWARRIVALS_RETRIEVAL=late-max`` and recent products to compare with,
+    :func:`~newarrivals.indexer.retrieval.search.search_query` runs the late-fusion search;
+    otherwise the index's search with the query vector.
     """
+    rerank = params.rerank
+    depth = max(params.k, runtime.settings.rerank_depth) if rerank else params.k
+    late = runtime.settings.retrieval == "late-max"
     # The recent products' and the candidates' vectors are read once, for the late search,
     # the reasons and the blend alike.
     live = [p for p in recent if p in state.store]
     live_vectors = (
         state.store.vectors_for(live) if live else np.zeros((0, state.store.dim), np.float32)
     )
-    if late and live and state.layout is not None:
-        candidates = late_max_search(state.store, state.layout, live_vectors, depth, flt)
-    else:
-        candidates = state.store.search(query[None, :].astype(np.float32), depth, flt)[0]
+    candidates = search_query(
+        state.store,
+        query,
+        depth,
+        search_filter(params, now),
+        layout=state.layout if late else None,
+        recent_vectors=live_vectors,
+    )
     products = {c.product_id: state.products[c.product_id] for c in candidates}
     context = [state.products[p] for p in recent if p in state.products]
     blending = rerank and state.rerank_blend is not None and bool(candidates)
@@ -156,7 +166,10 @@ def _retrieve(
     blend = None
     if blending and state.rerank_blend is not None:
         blend = _BlendInputs(
-            blend=state.rerank_blend, candidates=candidate_vectors, recent=live_vectors, user=user
+            blend=state.rerank_blend,
+            candidates=candidate_vectors,
+            recent=live_vectors,
+            user=query.user_vector,
         )
     return _Retrieved(
         candidates=candidates,
@@ -233,11 +246,34 @@ def _require_ranker(runtime: Runtime, rerank: bool) -> None:
         )
 
 
-def _depth(runtime: Runtime, k: int, rerank: bool) -> int:
-    return max(k, runtime.settings.rerank_depth) if rerank else k
+def _answer(
+    runtime: Runtime,
+    got: _Retrieved,
+    query: UserQuery,
+    params: UserRecommendationQuery | SessionRecommendationRequest,
+    *,
+    user_id: str | None,
+    ignored: Sequence[str] = (),
+) -> RecommendationsPublic:
+    """Re-rank (outside the state lock) and shape the response."""
+    return RecommendationsPublic(
+        user_id=user_id,
+        fallback=query.fallback,
+        fallback_reason=query.reason or None,
+        reranked=params.rerank,
+        reranked_by=_reranked_by(got, params.rerank),
+        index_version=got.index_version,
+        items=_items(runtime, got, params.k, params.rerank),
+        ignored_product_ids=list(ignored),
+    )
 
 
-def recommend_for_user(
+def _recent(users: UserVectors, user_id: str) -> list[str]:
+    st = users.state(user_id)
+    return list(st.recent) if st is not None else []
+
+
+def recommendations_for_user(
     runtime: Runtime,
     state: ServingState,
     user_id: str,
@@ -246,37 +282,16 @@ def recommend_for_user(
 ) -> RecommendationsPublic:
     """Top products for a known user; an unknown one gets the flagged cold-user fallback."""
     _require_ranker(runtime, params.rerank)
-    depth = _depth(runtime, params.k, params.rerank)
     with state.lock.read():
-        vector = state.users.vector(user_id)
-        st = state.users.state(user_id)
-        bought = st.purchased if st is not None and not params.include_purchased else set()
-        flt = search_filter(params, now, bought)
-        fallback = vector is None
-        query = state.fallback.vector if vector is None else vector
-        recent = list(st.recent) if st is not None else []
-        got = _retrieve(
-            state,
-            query,
-            depth,
-            flt,
-            recent,
-            user=vector,
-            rerank=params.rerank,
-            late=runtime.settings.retrieval == "late-max",
+        query = user_query(
+            state.users, user_id, state.fallback, exclude_purchased=not params.include_purchased
         )
-    return RecommendationsPublic(
-        user_id=user_id,
-        fallback=fallback,
-        fallback_reason=f"cold user: {state.fallback.rule}" if fallback else None,
-        reranked=params.rerank,
-        reranked_by=_reranked_by(got, params.rerank),
-        index_version=got.index_version,
-        items=_items(runtime, got, params.k, params.rerank),
-    )
+        recent = _recent(state.users, user_id)
+        got = _retrieve(runtime, state, query, recent, params, now)
+    return _answer(runtime, got, query, params, user_id=user_id)
 
 
-def recommend_for_session(
+def recommendations_for_session(
     runtime: Runtime,
     state: ServingState,
     body: SessionRecommendationRequest,
@@ -284,7 +299,6 @@ def recommend_for_session(
 ) -> RecommendationsPublic:
     """Top products for an anonymous session (its products or events, newest first)."""
     _require_ranker(runtime, body.rerank)
-    depth = _depth(runtime, body.k, body.rerank)
     # Untimed entries are spaced a second apart, newest first, so their order counts.
     events = [
         (e.product_id, e.event, e.timestamp or now - timedelta(seconds=i))
@@ -296,56 +310,29 @@ def recommend_for_session(
         for i, pid in enumerate(body.product_ids)
     ]
     with state.lock.read():
-        known = [e for e in events if e[0] in state.store]
         ignored = sorted({e[0] for e in events if e[0] not in state.store})
-        session = UserVectors(state.store, state.users.config, recent_limit=len(known) or 1)
-        session.update_many(Interaction(_SESSION_USER, p, ev, ts) for p, ev, ts in known)
-        vector = session.vector(_SESSION_USER)
-        st = session.state(_SESSION_USER)
-        skip: set[str] = set()
-        if st is not None and not body.include_purchased:
-            skip |= st.purchased
-        if body.exclude_seen:
-            skip |= {p for p, _, _ in known}
-        flt = search_filter(body, now, skip)
-        query = state.fallback.vector if vector is None else vector
-        recent = list(st.recent) if st is not None else []
-        got = _retrieve(
-            state,
-            query,
-            depth,
-            flt,
-            recent,
-            user=vector,
-            rerank=body.rerank,
-            late=runtime.settings.retrieval == "late-max",
+        session = session_vectors(state.store, events, state.users.config)
+        query = session_query(
+            session,
+            state.fallback,
+            exclude_purchased=not body.include_purchased,
+            exclude_seen=body.exclude_seen,
         )
-    return RecommendationsPublic(
-        user_id=None,
-        fallback=vector is None,
-        fallback_reason=f"empty session: {state.fallback.rule}" if vector is None else None,
-        reranked=body.rerank,
-        reranked_by=_reranked_by(got, body.rerank),
-        index_version=got.index_version,
-        items=_items(runtime, got, body.k, body.rerank),
-        ignored_product_ids=ignored,
-    )
+        got = _retrieve(runtime, state, query, _recent(session, SESSION_USER), body, now)
+    return _answer(runtime, got, query, body, user_id=None, ignored=ignored)
 
 
-def similar(
+def similar_to_product(
     state: ServingState, product_id: str, params: FilterFields, now: datetime
 ) -> SimilarProductsPublic:
-    """Products nearest a product (itself excluded).
+    """Products nearest a product (itself excluded), through the indexer's
+    :func:`~newarrivals.indexer.retrieval.search.similar_products`.
 
     Raises:
         UnknownProductError: naming the id.
     """
     with state.lock.read():
-        if product_id not in state.store:
-            raise UnknownProductError(f"product {product_id!r} is not in the index.")
-        flt = search_filter(params, now, {product_id})
-        query = state.store.vector(product_id)[None, :]
-        candidates = state.store.search(query, params.k, flt)[0]
+        candidates = similar_products(state.store, product_id, params.k, search_filter(params, now))
         items = [_similar_item(state, c) for c in candidates]
         version = state.version.version
     return SimilarProductsPublic(product_id=product_id, index_version=version, items=items)

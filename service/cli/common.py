@@ -6,17 +6,12 @@ import argparse
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from newarrivals.indexer import NewArrivalsError
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.encoders import TextEncoderConfig
 from newarrivals.indexer.index.store import Candidate, SearchFilter
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = [
     "add_query_filters",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,8 +10,8 @@ from newarrivals.indexer import NewArrivalsError
 from newarrivals.indexer.encoders import TextEncoderConfig
 
 if TYPE_CHECKING:
-    from newarrivals.indexer.evaluation import EvaluationReport
-    from newarrivals.ranker.evaluation import TwoStageRun
+    from newarrivals.indexer.evaluation import EvaluateConfig
+    from newarrivals.ranker.rerank_evaluation import RerankEvaluation, RerankEvaluationConfig
 
 
 __all__ = ["add_parsers"]
@@ -87,13 +86,14 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     # Imported here: the evaluation stack (torch, matplotlib) is slow to import and only
     # this command needs it.
-    from newarrivals.indexer.evaluation import EvaluateConfig, evaluate, parse_events
+    from newarrivals.indexer.evaluation import EvaluateConfig, parse_events
 
+    # The two-stage flags are checked before the evaluation's, as the ranker loads first.
+    rerank = _rerank_config(args) if args.ranker is not None else None
     text = None
     if not args.no_text:
         text = TextEncoderConfig(model=args.text_model) if args.text_model else TextEncoderConfig()
-    run = _two_stage_run(args) if args.ranker is not None else None
-    report = evaluate(
+    return _report(
         EvaluateConfig(
             data=args.data,
             cutoff=args.cutoff,
@@ -111,20 +111,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.no_progress,
         ),
-        extra_methods=run.methods() if run is not None else (),
+        rerank,
     )
-    print(report.format_table())
-    if run is not None:
-        _print_rerank(report, run, args.reports)
+
+
+def _report(config: EvaluateConfig, rerank: RerankEvaluationConfig | None) -> int:
+    """Run the evaluation (with the two-stage rows when ``rerank`` is set) and print it."""
+    from newarrivals.indexer.evaluation import evaluate
+
+    if rerank is None:
+        print(evaluate(config).format_table())
+        return 0
+    # Imported here: the ranker stack loads only for two-stage runs.
+    from newarrivals.ranker.rerank_evaluation import evaluate_reranked
+
+    result = evaluate_reranked(config, rerank)
+    print(result.report.format_table())
+    _print_margins(result)
     return 0
 
 
-def _two_stage_run(args: argparse.Namespace) -> TwoStageRun:
-    """The two-stage rows of ``evaluate --ranker``."""
+def _rerank_config(args: argparse.Namespace) -> RerankEvaluationConfig:
+    """The two-stage flags of ``evaluate --ranker``."""
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.ranker import configure_threads, load_ranker
-    from newarrivals.ranker.blend import Blend
-    from newarrivals.ranker.evaluation import RankerLike, TwoStageConfig, TwoStageRun
+    from newarrivals.ranker.evaluation import TwoStageConfig
+    from newarrivals.ranker.rerank_evaluation import RerankEvaluationConfig
 
     try:
         depths = tuple(int(d) for d in str(args.rerank_n).split(",") if d.strip())
@@ -132,32 +143,26 @@ def _two_stage_run(args: argparse.Namespace) -> TwoStageRun:
         raise NewArrivalsError(
             f"--rerank-n must be comma-separated integers like 50,100, got {args.rerank_n!r}."
         ) from None
-    config = TwoStageConfig(
-        retrieval=args.rerank_retrieval,
-        depths=depths,
-        mmr_lambda=None if args.no_mmr else args.mmr_lambda,
-        max_users=args.rerank_users,
-        seed=args.seed,
+    return RerankEvaluationConfig(
+        ranker=args.ranker,
+        two_stage=TwoStageConfig(
+            retrieval=args.rerank_retrieval,
+            depths=depths,
+            mmr_lambda=None if args.no_mmr else args.mmr_lambda,
+            max_users=args.rerank_users,
+            seed=args.seed,
+        ),
+        use_blend=not args.no_blend,
+        threads=args.threads,
+        device=resolve_device(args.device),
     )
-    configure_threads(args.threads)
-    ranker = load_ranker(args.ranker, device=resolve_device(args.device))
-    if not isinstance(ranker, RankerLike):
-        raise NewArrivalsError(
-            f"the ranker in {args.ranker} has no score(context, texts); pass a ranker artifact "
-            "written by train-ranker or distill-ranker."
-        )
-    blend = None if args.no_blend else Blend.load(args.ranker)
-    return TwoStageRun(ranker, config, blend=blend, label=args.ranker.name or "ranker")
 
 
-def _print_rerank(report: EvaluationReport, run: TwoStageRun, reports: Path) -> None:
-    """Paired margins of the two-stage rows over retrieval alone, and diversity; saved as
-    ``rerank-<dataset>.json`` next to the evaluation report."""
-    from newarrivals.ranker.evaluation import rerank_margins
-
-    margins = rerank_margins(report.results, run)
+def _print_margins(result: RerankEvaluation) -> None:
+    """Paired margins of the two-stage rows over retrieval alone, and diversity."""
+    run = result.run
     print(f"\ntwo-stage margins, paired over {run.user_mask.sum()} users:")
-    for m in margins:
+    for m in result.margins:
         print(
             f"  {m.method:<44} {m.metric:<10} {m.method_value:.4f} vs {m.reference_value:.4f}"
             f"  margin {m.margin:+.4f} (s.e. {m.stderr:.4f})  vs {m.reference}"
@@ -165,11 +170,7 @@ def _print_rerank(report: EvaluationReport, run: TwoStageRun, reports: Path) -> 
     key = f"diversity@{run.config.diversity_k}"
     for name, value in run.diversity.items():
         print(f"  {key} {name:<44} {value:.4f}")
-    out = reports / f"rerank-{report.dataset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"run": run.info(), "margins": [m.to_dict() for m in margins]}
-    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    print(f"wrote {result.margins_file}")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

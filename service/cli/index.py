@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.synth import SynthConfig, generate, write_synthetic
@@ -26,10 +25,6 @@ from newarrivals.service.cli.common import (
     filter_from,
     print_candidates,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = ["add_parsers"]
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from newarrivals.indexer import NewArrivalsError
 from newarrivals.service.demo import DemoConfig, run_demo
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = ["add_parsers"]
 

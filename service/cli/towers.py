@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.encoders import TextEncoderConfig
-from newarrivals.indexer.index.version import IndexVersion
 from newarrivals.service.cli.common import (
     utc_day,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = ["add_parsers"]
 
@@ -115,7 +108,7 @@ def _cmd_train_users(args: argparse.Namespace) -> int:
     # Imported here: torch is slow to import and only this command trains.
     from newarrivals.indexer.device import resolve_device
     from newarrivals.indexer.towers.user_config import UserTowerConfig
-    from newarrivals.indexer.towers.user_training import train_user_tower
+    from newarrivals.indexer.towers.user_pipeline import TrainUsersConfig, train_users
 
     config = UserTowerConfig(
         epochs=args.epochs,
@@ -125,16 +118,13 @@ def _cmd_train_users(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=resolve_device(args.device),
     )
-    version = IndexVersion.load(args.index)
-    events = read_catalog(args.catalog).interactions
     before = utc_day("--before", args.before)
-    if before is not None:
-        events = [e for e in events if e.timestamp < before]
-    ids = version.store.product_ids()
-    tower, report = train_user_tower(events, ids, version.store.vectors_for(ids), config)
-    out = tower.save(args.out)
-    summary = {k: v for k, v in report.items() if k != "history"}
-    print(json.dumps({"artifact": str(out), "index": version.version, **summary}, indent=2))
+    result = train_users(
+        TrainUsersConfig(
+            index=args.index, catalog=args.catalog, out=args.out, tower=config, before=before
+        )
+    )
+    print(json.dumps(result.to_dict(), indent=2))
     return 0
 
 

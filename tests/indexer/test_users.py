@@ -8,6 +8,13 @@ import pytest
 from newarrivals.indexer import ConfigError, EventType, Interaction, Product
 from newarrivals.indexer.index.ann import AnnConfig
 from newarrivals.indexer.index.store import ProductIndex
+from newarrivals.indexer.retrieval.search import (
+    PopularFallback,
+    recommend_for_session,
+    recommend_for_user,
+    session_query,
+    session_vectors,
+)
 from newarrivals.indexer.retrieval.users import UserVectorConfig, UserVectors
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -62,3 +69,26 @@ def test_config_validation() -> None:
         UserVectorConfig(half_life_days=0)
     with pytest.raises(ConfigError, match="purchase"):
         UserVectorConfig(event_weights={EventType.PURCHASE: -1.0})
+
+
+def test_user_and_session_share_one_recommend_path() -> None:
+    store = _store()
+    events = [_ev("u", "p0", EventType.PURCHASE, 0), _ev("u", "p1", EventType.VIEW, 1)]
+    users = UserVectors(store)
+    users.update_many(events)
+    fallback = PopularFallback.fit(store, events)
+    warm = recommend_for_user(store, users, "u", 4, fallback=fallback)
+    # The same events sent as an anonymous session give the same candidates, once the
+    # session's seen products are allowed back in.
+    session = [(e.product_id, e.event, e.timestamp) for e in events]
+    anon = recommend_for_session(store, session, 4, fallback=fallback, exclude_seen=False)
+    assert not warm.fallback and not anon.fallback
+    assert [c.product_id for c in anon.candidates] == [c.product_id for c in warm.candidates]
+    assert "p0" not in {c.product_id for c in warm.candidates}  # bought: left out
+    seen_out = recommend_for_session(store, session, 4, fallback=fallback)
+    assert {c.product_id for c in seen_out.candidates} <= {"p2", "p3"}
+    # Nothing indexed in the session: the popular fallback, flagged with its rule.
+    empty = recommend_for_session(store, [("nope", EventType.VIEW, T0)], 2, fallback=fallback)
+    assert empty.fallback and empty.reason.startswith("empty session: ")
+    query = session_query(session_vectors(store, session), fallback, exclude_seen=True)
+    assert query.exclude_ids == {"p0", "p1"} and query.user_vector is not None

@@ -292,7 +292,7 @@ def test_internal_errors_carry_no_stack_trace(
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("secret internals at /srv/app.py line 3")
 
-    monkeypatch.setattr(queries_module, "similar", broken)
+    monkeypatch.setattr(queries_module, "similar_to_product", broken)
     r = open_client().get("/v1/products/P000001/similar")
     assert r.status_code == 500
     assert r.json()["detail"].startswith("internal error (incident ")

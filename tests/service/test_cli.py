@@ -1,4 +1,5 @@
-"""The main job end to end through the command line: demo, recommend (with fallback), info."""
+"""The main job end to end through the command line: demo, recommend (with fallback), info,
+train-users."""
 
 from __future__ import annotations
 
@@ -64,3 +65,16 @@ def test_bad_flag_values_name_the_fix(demo_dir: Path, capsys: pytest.CaptureFixt
         capsys.readouterr().err
     )
     assert main(["info", "--index", str(demo_dir / "empty")]) == 2
+
+
+def test_train_users_writes_a_tower_for_the_index(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog = next(demo_dir.glob("catalog-*"))
+    out = tmp_path / "users"
+    assert main(["train-users", "--index", str(demo_dir / "index"), "--catalog", str(catalog),
+                 "--out", str(out), "--epochs", "1", "--before", "2100-01-01",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["artifact"] == str(out) and printed["index"]
+    assert "history" not in printed and any(out.iterdir())

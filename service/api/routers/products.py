@@ -70,7 +70,7 @@ async def similar_products(
     """The products nearest this one in the product space (itself excluded)."""
     # On the event loop, like a recommendation without re-ranking: one search.
     check_limit(("query", "k"), params.k, settings.max_k, "NEWARRIVALS_MAX_K")
-    return queries.similar(state, product_id, params, clock())
+    return queries.similar_to_product(state, product_id, params, clock())
 
 
 @write_router.put(

@@ -63,7 +63,7 @@ async def user_recommendations(
     ``rerank_depth`` candidates and each item carries its probability."""
     check_limit(("query", "k"), params.k, settings.max_k, "NEWARRIVALS_MAX_K")
     return await _answer(
-        params.rerank, queries.recommend_for_user, runtime, state, user_id, params, clock()
+        params.rerank, queries.recommendations_for_user, runtime, state, user_id, params, clock()
     )
 
 
@@ -84,4 +84,6 @@ async def session_recommendations(
     events (newest first). Ids that are not indexed are ignored and listed in
     ``ignored_product_ids``; with none left the fallback answers."""
     check_limit(("body", "k"), body.k, settings.max_k, "NEWARRIVALS_MAX_K")
-    return await _answer(body.rerank, queries.recommend_for_session, runtime, state, body, clock())
+    return await _answer(
+        body.rerank, queries.recommendations_for_session, runtime, state, body, clock()
+    )
