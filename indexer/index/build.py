@@ -49,9 +49,16 @@ from newarrivals.indexer.encoders.onnx_encoders import (
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.index.ann import AnnConfig, auto_factory
 from newarrivals.indexer.index.cache import EmbeddingCache
+from newarrivals.indexer.index.manifest import (
+    FORMAT_VERSION,
+    EncoderRecord,
+    EncoderRecords,
+    ImageEncoderRecord,
+    IndexCounts,
+    IndexManifest,
+)
 from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.index.version import (
-    FORMAT_VERSION,
     library_versions,
     new_version_id,
     publish_version,
@@ -158,33 +165,36 @@ class BuildSummary:
     """What a build did, for the run summary and the manifest."""
 
     version_dir: Path
-    products_read: int
-    rejected_rows: int
-    image_rejects: int
-    content_rejects: int
-    indexed: int
-    with_text: int
-    with_image: int
-    with_both: int
+    counts: IndexCounts
     stages: dict[str, StageStats]
     seconds: float
     rejects_file: Path
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["version_dir"] = str(self.version_dir)
-        d["rejects_file"] = str(self.rejects_file)
-        for name, st in self.stages.items():
-            d["stages"][name]["per_second"] = round(st.per_second, 1) if st.seconds else None
-        return d
+        counts = self.counts.to_dict()
+        # The summary reports products; the interactions read are the manifest's to record.
+        del counts["interactions"]
+        return {
+            "version_dir": str(self.version_dir),
+            **counts,
+            "stages": {
+                name: {
+                    **asdict(st),
+                    "per_second": round(st.per_second, 1) if st.seconds else None,
+                }
+                for name, st in self.stages.items()
+            },
+            "seconds": self.seconds,
+            "rejects_file": str(self.rejects_file),
+        }
 
     def format(self) -> str:
+        c = self.counts
         lines = [
             f"index version: {self.version_dir}",
-            f"products read: {self.products_read}  rejected rows: {self.rejected_rows}  "
-            f"photos rejected: {self.image_rejects}  nothing to encode: {self.content_rejects}",
-            f"indexed: {self.indexed} (text {self.with_text}, photo {self.with_image}, "
-            f"both {self.with_both})",
+            f"products read: {c.products_read}  rejected rows: {c.rejected_rows}  "
+            f"photos rejected: {c.image_rejects}  nothing to encode: {c.content_rejects}",
+            f"indexed: {c.indexed} (text {c.with_text}, photo {c.with_image}, both {c.with_both})",
         ]
         for name, st in self.stages.items():
             rate = f"{st.per_second:,.0f} items/s" if st.seconds > 0 else "-"
@@ -477,66 +487,58 @@ def build_index(config: BuildConfig) -> BuildSummary:
         st.seconds = time.perf_counter() - t0
         now = utc_now()
         version = new_version_id(now, tmp.name)
-        n_text = int(has_text[keep].sum())
-        n_image = int(has_image[keep].sum())
-        n_both = int((has_text & has_image)[keep].sum())
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "version": version,
-            "built_at": now.isoformat(),
-            "dim": dim,
-            "counts": {
-                "products_read": len(catalog.products),
-                "rejected_rows": len(catalog.rejects),
-                "image_rejects": len(image_rejects),
-                "content_rejects": len(content_rejects),
-                "indexed": len(products),
-                "with_text": n_text,
-                "with_image": n_image,
-                "with_both": n_both,
-                "interactions": len(catalog.interactions),
-            },
-            "encoders": {
-                "text": None
-                if text_encoder is None
-                else {
-                    "id": text_encoder.encoder_id,
-                    "model": text_encoder.config.model,
-                    "dim": text_dim,
-                    "runtime": _runtime(text_run),
-                },
-                "image": None
-                if image_encoder is None
-                else {
-                    "id": image_encoder.encoder_id,
-                    "model": image_encoder.config.model,
-                    "pretrained": image_encoder.config.pretrained,
-                    "trained": image_encoder.trained,
-                    "dim": image_dim,
-                    "runtime": _runtime(image_run),
-                },
-            },
-            "fusion": config.fusion.to_dict(),
-            "ann": ann.to_dict(),
-            "device": device,
-            "config": config.to_dict(),
-            "libraries": library_versions(),
-            "stats": {k: asdict(v) for k, v in stats.items()},
-        }
+        counts = IndexCounts(
+            products_read=len(catalog.products),
+            rejected_rows=len(catalog.rejects),
+            image_rejects=len(image_rejects),
+            content_rejects=len(content_rejects),
+            indexed=len(products),
+            with_text=int(has_text[keep].sum()),
+            with_image=int(has_image[keep].sum()),
+            with_both=int((has_text & has_image)[keep].sum()),
+            interactions=len(catalog.interactions),
+        )
+        manifest = IndexManifest(
+            format_version=FORMAT_VERSION,
+            version=version,
+            built_at=now,
+            dim=dim,
+            counts=counts,
+            encoders=EncoderRecords(
+                # A run exists exactly when its encoder does, so the dims are set here.
+                text=None
+                if text_encoder is None or text_dim is None
+                else EncoderRecord(
+                    id=text_encoder.encoder_id,
+                    model=text_encoder.config.model,
+                    dim=text_dim,
+                    runtime=_runtime(text_run),
+                ),
+                image=None
+                if image_encoder is None or image_dim is None
+                else ImageEncoderRecord(
+                    id=image_encoder.encoder_id,
+                    model=image_encoder.config.model,
+                    pretrained=image_encoder.config.pretrained,
+                    trained=image_encoder.trained,
+                    dim=image_dim,
+                    runtime=_runtime(image_run),
+                ),
+            ),
+            fusion=config.fusion.to_dict(),
+            ann=ann.to_dict(),
+            device=device,
+            config=config.to_dict(),
+            libraries=library_versions(),
+            stats={k: asdict(v) for k, v in stats.items()},
+        )
         final = publish_version(tmp, config.out, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary = BuildSummary(
         version_dir=final,
-        products_read=len(catalog.products),
-        rejected_rows=len(catalog.rejects),
-        image_rejects=len(image_rejects),
-        content_rejects=len(content_rejects),
-        indexed=len(products),
-        with_text=n_text,
-        with_image=n_image,
-        with_both=n_both,
+        counts=counts,
         stages=stats,
         seconds=time.perf_counter() - t_start,
         rejects_file=final / "rejects.jsonl",
