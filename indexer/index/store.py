@@ -31,8 +31,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,8 +47,14 @@ from newarrivals.indexer.errors import (
     UnknownProductError,
 )
 from newarrivals.indexer.index.ann import AnnConfig, VectorIndex, load_index, make_index
+from newarrivals.indexer.index.filters import (
+    Candidate,
+    SearchFilter,
+    epoch_microseconds,
+    normalise_category,
+)
 
-__all__ = ["Candidate", "ProductIndex", "SearchFilter"]
+__all__ = ["ProductIndex"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,101 +98,6 @@ _COLUMNS: Final = (
     "_available",
     "_alive",
 )
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One search result: a product id and its inner-product score (higher is closer)."""
-
-    product_id: str
-    score: float
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Which products a search may return.
-
-    Args:
-        category: Category path prefix, matched case-insensitively on whole segments:
-            ``"Women > Tops"`` matches ``Women > Tops > T-shirt`` but not
-            ``Women > Topshop``. ``"/"`` also separates segments.
-        min_price: Inclusive lower price bound; products without a price are excluded
-            when either bound is set.
-        max_price: Inclusive upper price bound.
-        launched_after: Only products launched strictly after this timezone-aware time;
-            products without ``launched_at`` are excluded when it is set.
-        available_only: Drop products marked unavailable (the default: unavailable
-            products are never recommended).
-        exclude_ids: Product ids never to return (e.g. what the user already bought);
-            unknown ids are ignored.
-
-    Example:
-        >>> from datetime import UTC, datetime
-        >>> f = SearchFilter(category="Women > Tops", max_price=40.0,
-        ...                  launched_after=datetime(2024, 5, 1, tzinfo=UTC),
-        ...                  exclude_ids=frozenset({"sku-1"}))
-        >>> f.category_prefix
-        'women > tops'
-    """
-
-    category: str | None = None
-    min_price: float | None = None
-    max_price: float | None = None
-    launched_after: datetime | None = None
-    available_only: bool = True
-    exclude_ids: frozenset[str] = field(default_factory=frozenset)
-
-    def __post_init__(self) -> None:
-        if self.category is not None and not _normalise_category(self.category):
-            raise ConfigError(
-                f"category must be a non-empty path such as 'Women > Tops', got "
-                f"{self.category!r}; pass None for no category filter."
-            )
-        for name in ("min_price", "max_price"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{name} must be a number or None, got {value!r}.")
-            if not np.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if (
-            self.min_price is not None
-            and self.max_price is not None
-            and self.min_price > self.max_price
-        ):
-            raise ConfigError(
-                f"min_price ({self.min_price}) is greater than max_price "
-                f"({self.max_price}); swap them or drop one bound."
-            )
-        if self.launched_after is not None:
-            if not isinstance(self.launched_after, datetime):
-                raise ConfigError(
-                    f"launched_after must be a datetime, got {self.launched_after!r}."
-                )
-            if self.launched_after.tzinfo is None:
-                raise ConfigError(
-                    f"launched_after must be timezone-aware, got naive "
-                    f"{self.launched_after.isoformat()}; add tzinfo=UTC."
-                )
-        if not isinstance(self.available_only, bool):
-            raise ConfigError(f"available_only must be True or False, got {self.available_only!r}.")
-        exclude: object = self.exclude_ids
-        if isinstance(exclude, str):
-            raise ConfigError(
-                f"exclude_ids must be a collection of product ids, got the string "
-                f"{exclude!r}; wrap it: frozenset({{{exclude!r}}})."
-            )
-        if not isinstance(exclude, frozenset) and isinstance(exclude, Iterable):
-            # Accept any iterable of ids but store it immutably (the filter is frozen).
-            object.__setattr__(self, "exclude_ids", frozenset(exclude))
-
-    @property
-    def category_prefix(self) -> str | None:
-        """The normalised (lower-cased, ``" > "``-joined) category prefix."""
-        return None if self.category is None else _normalise_category(self.category)
 
 
 class ProductIndex:
@@ -536,7 +446,7 @@ class ProductIndex:
         if f.max_price is not None:
             mask &= self._price <= f.max_price
         if f.launched_after is not None:
-            mask &= self._launched_us > _to_us(f.launched_after)
+            mask &= self._launched_us > epoch_microseconds(f.launched_after)
         if f.exclude_ids:
             known = [p for p in f.exclude_ids if p in self._id_of]
             if known:
@@ -771,7 +681,7 @@ class ProductIndex:
     def _append(self, products: Sequence[Product], unit: FloatArray, ids: IdArray) -> None:
         codes = np.empty(len(products), dtype=np.int32)
         for i, p in enumerate(products):
-            path = _normalise_category(CATEGORY_SEPARATOR.join(p.category))
+            path = normalise_category(CATEGORY_SEPARATOR.join(p.category))
             code = self._code_of.get(path)
             if code is None:
                 code = len(self._vocab)
@@ -876,17 +786,6 @@ class ProductIndex:
         return np.where(valid, rows, -1).astype(np.int64)
 
 
-def _normalise_category(path: str) -> str:
-    """Lower-case, ``" > "``-joined path; ``/`` and ``>`` both separate segments."""
-    parts = [p.strip().lower() for p in path.replace("/", ">").split(">")]
-    return CATEGORY_SEPARATOR.join(p for p in parts if p)
-
-
-def _to_us(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def _launch_us(product: Product) -> int:
     if product.launched_at is None:
         return NO_LAUNCH
@@ -895,7 +794,7 @@ def _launch_us(product: Product) -> int:
             f"product {product.product_id!r} has a naive launched_at "
             f"{product.launched_at.isoformat()}; readers must produce timezone-aware UTC."
         )
-    return _to_us(product.launched_at)
+    return epoch_microseconds(product.launched_at)
 
 
 def _read_json(path: Path, required: Sequence[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
 from newarrivals.indexer.errors import NewArrivalsError, UnknownProductError
-from newarrivals.indexer.index.store import Candidate, SearchFilter
+from newarrivals.indexer.index.filters import Candidate, SearchFilter
 from newarrivals.indexer.retrieval.search import late_max_search
 from newarrivals.indexer.retrieval.users import UserVectors
 from newarrivals.ranker.base import softmax

@@ -15,7 +15,7 @@ from newarrivals.indexer.encoders import (
     TextEncoder,
 )
 from newarrivals.indexer.index.build import BuildConfig, build_index
-from newarrivals.indexer.index.store import SearchFilter
+from newarrivals.indexer.index.filters import SearchFilter
 from newarrivals.indexer.index.version import LATEST_FILE, IndexVersion, latest_version
 from newarrivals.indexer.retrieval.search import retrieve_for_user, similar_products
 from newarrivals.indexer.retrieval.users import UserVectors

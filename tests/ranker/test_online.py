@@ -184,7 +184,8 @@ def test_request_blend_orders_by_its_weighted_features() -> None:
 
 def test_late_max_search_is_the_evaluations_fused_late_max_over_the_index() -> None:
     from newarrivals.indexer.index.ann import AnnConfig
-    from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+    from newarrivals.indexer.index.filters import SearchFilter
+    from newarrivals.indexer.index.store import ProductIndex
     from newarrivals.indexer.retrieval.search import late_max_search
 
     data = _eval_data()
