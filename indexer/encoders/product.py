@@ -1,6 +1,6 @@
 """Encode products one request at a time (live upserts, cold-start lookups) exactly as a build.
 
-A bulk build (:func:`newarrivals.indexer.index.build.encode_products`) reads photos from disk and
+A bulk build (:func:`newarrivals.indexer.index.encoding.encode_products`) reads photos from disk and
 goes through the embedding cache; a live request carries its photo in memory and is encoded
 once. Both use the same pieces: :func:`~newarrivals.indexer.catalog.schema.product_document` for the
 text, the text encoder's ``encode``, the image tower's ``encode_images`` (which pads to a
@@ -85,7 +85,7 @@ class ProductEncoder:
             manifest: The version's manifest.
             device: A resolved torch device.
             onnx_cache: An embedding cache holding verified ONNX copies of the encoders
-                (:mod:`.onnx_runtime`); on the CPU they are used instead of torch, as a
+                (:mod:`.onnx_encoders`); on the CPU they are used instead of torch, as a
                 CPU build does, so serving need not import torch at all.
             threads: ONNX Runtime threads of those copies (``None``: its default).
 
