@@ -72,8 +72,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Product
+from newarrivals.indexer.catalog.writers import write_catalog
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.index.manifest import IndexManifest
 from newarrivals.indexer.index.version import LATEST_FILE, MANIFEST_FILE, list_versions

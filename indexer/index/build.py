@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from newarrivals.indexer.catalog.readers import read_catalog, write_rejects
+from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Catalog, Product, Reject, SourceRef, product_document
+from newarrivals.indexer.catalog.writers import write_rejects
 from newarrivals.indexer.device import faiss_gpu_count, resolve_device
 from newarrivals.indexer.encoders import (
     FusionConfig,

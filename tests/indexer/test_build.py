@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from newarrivals.indexer import CatalogError, IndexIntegrityError
-from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.writers import write_catalog
 from newarrivals.indexer.encoders import (
     FusionConfig,
     TextEncoder,

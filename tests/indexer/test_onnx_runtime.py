@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.writers import write_catalog
 from newarrivals.indexer.encoders import (
     ImageEncoder,
     ImageEncoderConfig,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from newarrivals.indexer.catalog.readers import write_catalog
 from newarrivals.indexer.catalog.schema import Catalog
 from newarrivals.indexer.catalog.synth.config import STREAM_IMAGES, random_stream
 from newarrivals.indexer.catalog.synth.photos import draw_product_image
 from newarrivals.indexer.catalog.synth.truth import GROUND_TRUTH_FILE, SyntheticCatalog
+from newarrivals.indexer.catalog.writers import write_catalog
 
 __all__ = ["write_synthetic"]
 
@@ -23,7 +23,7 @@ def write_synthetic(
     """Draw the photos and write the catalogue and its ground truth to ``out_dir``.
 
     Writes ``images/<product_id>.png``, the catalogue files of
-    :func:`newarrivals.indexer.catalog.readers.write_catalog` (``products.<fmt>``,
+    :func:`newarrivals.indexer.catalog.writers.write_catalog` (``products.<fmt>``,
     ``interactions.<fmt>``) and ``ground_truth.json``. ``synth`` is not modified.
 
     Args:
