@@ -11,6 +11,7 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "MODEL_FILE",
     "TEXT_TOLERANCE",
     "TOKENIZER_FILE",
+    "OnnxExport",
     "export_folder",
     "keep_if_verified",
     "open_session",
@@ -116,3 +118,27 @@ def publish_export(tmp: Path, folder: Path) -> None:
         shutil.rmtree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(folder)
+
+
+class OnnxExport:
+    """What every ONNX copy of an encoder shares: its export folder, metadata and session."""
+
+    runtime = "onnx"
+
+    def __init__(self, folder: Path, meta: dict[str, Any], *, threads: int | None = None) -> None:
+        self.folder = folder
+        self.meta = meta
+        self.threads = threads
+
+    @property
+    def encoder_id(self) -> str:
+        return str(self.meta["encoder_id"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @cached_property
+    def session(self) -> Any:
+        """The ONNX Runtime session, opened on first use."""
+        return open_session(self.folder / MODEL_FILE, self.threads)

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,9 @@ from newarrivals.indexer.encoders.image import ImageEncodeResult, UnreadableImag
 from newarrivals.indexer.encoders.onnx_encoders.common import (
     IMAGE_TOLERANCE,
     MODEL_FILE,
+    OnnxExport,
     export_folder,
     keep_if_verified,
-    open_session,
     quiet_tracing,
     read_meta,
 )
@@ -118,15 +117,11 @@ def image_recipe(preprocess: Any) -> ImageRecipe | str:
     return ImageRecipe(**found)
 
 
-class OnnxImageEncoder:
+class OnnxImageEncoder(OnnxExport):
     """The ONNX copy of an open_clip image tower (same ``encoder_id``)."""
 
-    runtime = "onnx"
-
     def __init__(self, folder: Path, meta: dict[str, Any], *, threads: int | None = None) -> None:
-        self.folder = folder
-        self.meta = meta
-        self.threads = threads
+        super().__init__(folder, meta, threads=threads)
         self.recipe = ImageRecipe(
             resize=int(meta["recipe"]["resize"]),
             crop=int(meta["recipe"]["crop"]),
@@ -136,23 +131,11 @@ class OnnxImageEncoder:
         )
 
     @property
-    def encoder_id(self) -> str:
-        return str(self.meta["encoder_id"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.meta["dim"])
-
-    @property
     def pad_to_square(self) -> bool:
         return bool(self.meta["pad_to_square"])
 
-    @cached_property
-    def _session(self) -> Any:
-        return open_session(self.folder / MODEL_FILE, self.threads)
-
     def _embed(self, batch: np.ndarray) -> np.ndarray:
-        return l2_normalize(self._session.run(None, {"pixels": batch})[0])
+        return l2_normalize(self.session.run(None, {"pixels": batch})[0])
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Encode already-decoded photos (padded to square like the torch encoder)."""

@@ -17,9 +17,9 @@ from newarrivals.indexer.encoders.onnx_encoders.common import (
     MODEL_FILE,
     TEXT_TOLERANCE,
     TOKENIZER_FILE,
+    OnnxExport,
     export_folder,
     keep_if_verified,
-    open_session,
     quiet_tracing,
     read_meta,
 )
@@ -32,7 +32,7 @@ __all__ = ["OnnxTextEncoder", "export_text", "load_text_export"]
 logger = logging.getLogger(__name__)
 
 
-class OnnxTextEncoder:
+class OnnxTextEncoder(OnnxExport):
     """The ONNX copy of a sentence-transformers text encoder (same ``encoder_id``).
 
     Example:
@@ -40,21 +40,6 @@ class OnnxTextEncoder:
         >>> enc.encode(["red striped t-shirt"]).shape  # doctest: +SKIP
         (1, 384)
     """
-
-    runtime = "onnx"
-
-    def __init__(self, folder: Path, meta: dict[str, Any], *, threads: int | None = None) -> None:
-        self.folder = folder
-        self.meta = meta
-        self.threads = threads
-
-    @property
-    def encoder_id(self) -> str:
-        return str(self.meta["encoder_id"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.meta["dim"])
 
     @cached_property
     def _tokenizer(self) -> Any:
@@ -64,10 +49,6 @@ class OnnxTextEncoder:
         tok.enable_truncation(max_length=int(self.meta["max_seq_length"]))
         tok.enable_padding(pad_id=int(self.meta["pad_id"]), pad_token=str(self.meta["pad_token"]))
         return tok
-
-    @cached_property
-    def _session(self) -> Any:
-        return open_session(self.folder / MODEL_FILE, self.threads)
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Encode texts; returns an ``(n, dim)`` float32 array of unit vectors."""
@@ -84,7 +65,7 @@ class OnnxTextEncoder:
                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
             }
             wanted = {name: feeds[name] for name in self.meta["inputs"]}
-            out[start : start + len(batch)] = self._session.run(None, wanted)[0]
+            out[start : start + len(batch)] = self.session.run(None, wanted)[0]
         return l2_normalize(out)
 
 
