@@ -572,21 +572,18 @@ def make_index(config: AnnConfig, dim: int) -> VectorIndex:
         ConfigError: Unknown backend (the message lists the valid ones) or a factory
             FAISS cannot build for ``dim``.
     """
-    try:
-        cls = BACKENDS[config.backend]
-    except KeyError:
-        raise ConfigError(
-            f"unknown index backend {config.backend!r}; choose one of {sorted(BACKENDS)}."
-        ) from None
-    return cls.create(config, dim)
+    return _backend(config).create(config, dim)
 
 
 def load_index(path: Path, config: AnnConfig) -> VectorIndex:
     """Load an index written by ``VectorIndex.save`` with the backend named in ``config``."""
+    return _backend(config).load(path, config)
+
+
+def _backend(config: AnnConfig) -> type[VectorIndex]:
     try:
-        cls = BACKENDS[config.backend]
+        return BACKENDS[config.backend]
     except KeyError:
         raise ConfigError(
             f"unknown index backend {config.backend!r}; choose one of {sorted(BACKENDS)}."
         ) from None
-    return cls.load(path, config)
