@@ -245,16 +245,9 @@ def _read_articles(
     articles: dict[str, _Article] = {}
     lines: dict[str, int] = {}
     rows = iter_csv(path, required=("article_id",))
-    for source, row, article in quarantine.parse(path, rows, _parse_article):
-        first = lines.get(article.article_id)
-        if first is not None:
-            quarantine.refuse(
-                source,
-                f"duplicate article_id {article.article_id!r} (first seen at {path}:{first}; "
-                "the first row is kept)",
-                row,
-            )
-            continue
+    for source, article in quarantine.keep_first(
+        path, rows, _parse_article, key=lambda article: article.article_id, name="article_id"
+    ):
         articles[article.article_id] = article
         lines[article.article_id] = source.line
     return articles, lines, quarantine.rejects

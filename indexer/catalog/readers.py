@@ -145,18 +145,13 @@ def read_products(path: Path, *, strict: bool = False) -> Catalog:
     provenance: dict[str, SourceRef] = {}
     rows = iter_rows(path, fmt, required=("product_id",))
     image_base = str(base_dir)
-    for source, row, product in quarantine.parse(
-        path, rows, lambda values: _parse_product(values, image_base)
+    for source, product in quarantine.keep_first(
+        path,
+        rows,
+        lambda values: _parse_product(values, image_base),
+        key=lambda product: product.product_id,
+        name="product_id",
     ):
-        first = provenance.get(product.product_id)
-        if first is not None:
-            quarantine.refuse(
-                source,
-                f"duplicate product_id {product.product_id!r} (first seen at {first}; "
-                "the first row is kept)",
-                row,
-            )
-            continue
         provenance[product.product_id] = source
         products.append(product)
     return Catalog(

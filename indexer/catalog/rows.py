@@ -98,6 +98,34 @@ class Quarantine:
                 continue
             yield source, row, parsed
 
+    def keep_first(
+        self,
+        path: Path,
+        rows: Iterable[RawRow],
+        parse: Callable[[Mapping[str, object]], _T],
+        *,
+        key: Callable[[_T], str],
+        name: str,
+    ) -> Iterator[tuple[SourceRef, _T]]:
+        """As :meth:`parse`, but a row whose ``key`` an earlier row had is refused.
+
+        The first row of a key is kept: the ``name`` of the key and both places are in the
+        reason, so the author can see which row won.
+        """
+        seen: dict[str, SourceRef] = {}
+        for source, row, parsed in self.parse(path, rows, parse):
+            value = key(parsed)
+            first = seen.get(value)
+            if first is not None:
+                self.refuse(
+                    source,
+                    f"duplicate {name} {value!r} (first seen at {first}; the first row is kept)",
+                    row,
+                )
+                continue
+            seen[value] = source
+            yield source, parsed
+
 
 def absolute_path(path: Path) -> Path:
     """The path made absolute against the working folder."""
