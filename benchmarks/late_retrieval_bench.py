@@ -24,7 +24,8 @@ import numpy as np
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig, fuse
 from newarrivals.indexer.index.ann import AnnConfig
-from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+from newarrivals.indexer.index.filters import SearchFilter
+from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.retrieval.search import late_max_search
 
 DIM = 384

@@ -72,9 +72,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Product
+from newarrivals.indexer.catalog.writers import write_catalog
 from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.index.manifest import IndexManifest
 from newarrivals.indexer.index.version import LATEST_FILE, MANIFEST_FILE, list_versions
 from newarrivals.indexer.validation import require_int
 
@@ -308,16 +310,10 @@ def _version_of(index: Path, catalog: Path, versions: Sequence[Path]) -> str | N
     """The oldest version whose manifest names ``catalog`` as its source."""
     wanted = catalog.resolve()
     for version in versions:
-        manifest = json.loads((version / MANIFEST_FILE).read_text())
-        source = _manifest_catalog(manifest)
+        source = IndexManifest.read(version / MANIFEST_FILE).catalog
         if source is not None and Path(source).resolve() == wanted:
             return version.name
     return None
-
-
-def _manifest_catalog(manifest: dict[str, Any]) -> str | None:
-    recorded = (manifest.get("config") or {}).get("catalog")
-    return recorded if isinstance(recorded, str) else None
 
 
 def prepare_ranker(config: LoadConfig, workdir: Path, *, nice: int) -> Path:

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from newarrivals.indexer.catalog.schema import Product
-from newarrivals.indexer.index.store import Candidate
+from newarrivals.indexer.index.filters import Candidate
 from newarrivals.ranker import (
     CrossEncoderRanker,
     Ranker,

@@ -53,7 +53,8 @@ def _build(catalog: Path, out: Path, summary: Path, extra: list[str]) -> tuple[f
 
 
 def _change_one_percent(catalog_dir: Path, seed: int) -> int:
-    from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+    from newarrivals.indexer.catalog.readers import read_catalog
+    from newarrivals.indexer.catalog.writers import write_catalog
 
     catalog = read_catalog(catalog_dir)
     rng = np.random.default_rng(seed)

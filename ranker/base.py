@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
-from newarrivals.indexer.index.store import Candidate
+from newarrivals.indexer.index.filters import Candidate
 from newarrivals.indexer.validation import require_int
 from newarrivals.ranker.config import RankerConfig
 from newarrivals.ranker.context import (

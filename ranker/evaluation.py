@@ -214,7 +214,7 @@ def encode_product_vectors(
         progress: Progress bars.
     """
     from newarrivals.indexer.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder
-    from newarrivals.indexer.index.build import encode_products
+    from newarrivals.indexer.index.encoding import encode_products
 
     ids = [p.product_id for p in products]
     out: dict[str, ProductVectors] = {}

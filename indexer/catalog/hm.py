@@ -40,14 +40,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from newarrivals.indexer.catalog.readers import (
-    _absolute,
-    _iter_csv,
-    _parse_price,
-    _parse_timestamp,
-    _Quarantine,
-    _RowError,
-)
+from newarrivals.indexer.catalog.cells import parse_price, parse_timestamp
+from newarrivals.indexer.catalog.rows import Quarantine, RowError, absolute_path, iter_csv
 from newarrivals.indexer.catalog.schema import (
     Catalog,
     EventType,
@@ -131,7 +125,7 @@ def read_hm(root: Path, *, strict: bool = False, max_articles: int | None = None
     """
     if max_articles is not None and max_articles < 1:
         raise ConfigError(f"max_articles must be a positive integer or None, got {max_articles!r}.")
-    root = _absolute(root)
+    root = absolute_path(root)
     articles_path = root / ARTICLES_FILE
     transactions_path = root / TRANSACTIONS_FILE
     for required in (articles_path, transactions_path):
@@ -205,9 +199,9 @@ def _article_id(value: object, name: str = "article_id") -> str:
     """A 10-digit article id; shorter digit strings lost their leading zeros and get them back."""
     text = value.strip() if isinstance(value, str) else ""
     if not text:
-        raise _RowError(f"missing {name} (every row needs one)")
+        raise RowError(f"missing {name} (every row needs one)")
     if not text.isdigit() or len(text) > _ARTICLE_ID_DIGITS:
-        raise _RowError(
+        raise RowError(
             f"{name} {value!r} is not an H&M article id (expected up to "
             f"{_ARTICLE_ID_DIGITS} digits, e.g. '0111565001')"
         )
@@ -227,7 +221,7 @@ def _parse_article(values: Mapping[str, object]) -> _Article:
     article_id = _article_id(values.get("article_id"))
     code = _cell(values, "product_code")
     if code and not code.isdigit():
-        raise _RowError(f"product_code {code!r} is not numeric (expected e.g. '111565')")
+        raise RowError(f"product_code {code!r} is not numeric (expected e.g. '111565')")
     top = _cell(values, "index_group_name") or _cell(values, "index_name")
     category = (top, _cell(values, "product_group_name"), _cell(values, "product_type_name"))
     return _Article(
@@ -247,20 +241,13 @@ def _parse_article(values: Mapping[str, object]) -> _Article:
 def _read_articles(
     path: Path, *, strict: bool
 ) -> tuple[dict[str, _Article], dict[str, int], list[Reject]]:
-    quarantine = _Quarantine(kind="product", strict=strict, row_label="")
+    quarantine = Quarantine(kind="product", strict=strict, row_label="")
     articles: dict[str, _Article] = {}
     lines: dict[str, int] = {}
-    rows = _iter_csv(path, required=("article_id",))
-    for source, row, article in quarantine.parse(path, rows, _parse_article):
-        first = lines.get(article.article_id)
-        if first is not None:
-            quarantine.refuse(
-                source,
-                f"duplicate article_id {article.article_id!r} (first seen at {path}:{first}; "
-                "the first row is kept)",
-                row,
-            )
-            continue
+    rows = iter_csv(path, required=("article_id",))
+    for source, article in quarantine.keep_first(
+        path, rows, _parse_article, key=lambda article: article.article_id, name="article_id"
+    ):
         articles[article.article_id] = article
         lines[article.article_id] = source.line
     return articles, lines, quarantine.rejects
@@ -269,27 +256,27 @@ def _read_articles(
 def _read_transactions(
     path: Path, *, strict: bool
 ) -> tuple[list[Interaction], dict[str, _Sales], list[Reject]]:
-    quarantine = _Quarantine(kind="interaction", strict=strict, row_label="")
+    quarantine = Quarantine(kind="interaction", strict=strict, row_label="")
     # A few hundred distinct days cover millions of rows: parse each day once.
     days: dict[str, datetime] = {}
 
     def parse(values: Mapping[str, object]) -> tuple[Interaction, float | None]:
         customer = _cell(values, "customer_id")
         if not customer:
-            raise _RowError("missing customer_id (every transaction needs one)")
+            raise RowError("missing customer_id (every transaction needs one)")
         article_id = _article_id(values.get("article_id"))
         day = _cell(values, "t_dat")
         moment = days.get(day)
         if moment is None:
             if not day:
-                raise _RowError("missing t_dat (every transaction needs its day)")
-            moment = days[day] = _parse_timestamp(day, "t_dat")
-        price = _parse_price(values.get("price"))
+                raise RowError("missing t_dat (every transaction needs its day)")
+            moment = days[day] = parse_timestamp(day, "t_dat")
+        price = parse_price(values.get("price"))
         return Interaction(customer, article_id, EventType.PURCHASE, moment), price
 
     purchases: list[Interaction] = []
     sales: dict[str, _Sales] = {}
-    rows = _iter_csv(path, required=("t_dat", "customer_id", "article_id"))
+    rows = iter_csv(path, required=("t_dat", "customer_id", "article_id"))
     for source, _, (purchase, price) in quarantine.parse(path, rows, parse):
         purchases.append(purchase)
         sold = sales.get(purchase.product_id)

@@ -17,7 +17,7 @@ A product with neither modality has no vector; the build pipeline quarantines it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from newarrivals.indexer.encoders.base import l2_normalize
 from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.index.manifest import IndexManifest
 
 __all__ = [
     "ABSENT_NORM",
@@ -159,33 +160,30 @@ class ConcatLayout:
     fusion: FusionConfig
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> ConcatLayout:
+    def from_manifest(cls, manifest: IndexManifest) -> ConcatLayout:
         """The layout an index version's manifest describes.
 
         Raises:
             ConfigError: for a fusion other than concat (a sum mixes the modalities, so no
-                block can be read back), or a manifest without encoder dims.
+                block can be read back), or encoder dims that do not add up to the index's.
         """
-        fusion = FusionConfig(**dict(manifest.get("fusion") or {}))
+        fusion = FusionConfig(**manifest.fusion)
         if fusion.mode is not FusionMode.CONCAT:
             raise ConfigError(
                 f"the index fuses by {fusion.mode.value!r}; the per-modality blend features "
                 "need concat fusion (the default), where each modality keeps its own columns."
             )
-        encoders = manifest.get("encoders") or {}
         blocks: list[tuple[str, int, int]] = []
         start = 0
-        for name in ("text", "image"):
-            info = encoders.get(name)
-            if info is None:
+        for name, record in (("text", manifest.encoders.text), ("image", manifest.encoders.image)):
+            if record is None:
                 continue
-            dim = int(info["dim"])
-            blocks.append((name, start, start + dim))
-            start += dim
-        if not blocks or start != int(manifest.get("dim", start)):
+            blocks.append((name, start, start + record.dim))
+            start += record.dim
+        if not blocks or start != manifest.dim:
             raise ConfigError(
                 f"the index manifest's encoder dims {[(b[0], b[2] - b[1]) for b in blocks]} do "
-                f"not add up to its dim {manifest.get('dim')!r}; rebuild the index."
+                f"not add up to its dim {manifest.dim!r}; rebuild the index."
             )
         return cls(tuple(blocks), fusion)
 

@@ -1,6 +1,6 @@
 """Encode products one request at a time (live upserts, cold-start lookups) exactly as a build.
 
-A bulk build (:func:`newarrivals.indexer.index.build.encode_products`) reads photos from disk and
+A bulk build (:func:`newarrivals.indexer.index.encoding.encode_products`) reads photos from disk and
 goes through the embedding cache; a live request carries its photo in memory and is encoded
 once. Both use the same pieces: :func:`~newarrivals.indexer.catalog.schema.product_document` for the
 text, the text encoder's ``encode``, the image tower's ``encode_images`` (which pads to a
@@ -15,7 +15,7 @@ products in a different vector space than the index, so it is refused, naming bo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from newarrivals.indexer.encoders.image import ImageEncoder, ImageEncoderConfig,
 from newarrivals.indexer.encoders.onnx_encoders import load_image_export, load_text_export
 from newarrivals.indexer.encoders.text import TextEncoder, TextEncoderConfig, TextEncoding
 from newarrivals.indexer.errors import ConfigError
+from newarrivals.indexer.index.manifest import IndexManifest
 
 __all__ = ["EncodedInputs", "ProductEncoder"]
 
@@ -72,7 +73,7 @@ class ProductEncoder:
     @classmethod
     def from_manifest(
         cls,
-        manifest: Mapping[str, Any],
+        manifest: IndexManifest,
         device: str = "cpu",
         *,
         onnx_cache: Path | None = None,
@@ -84,39 +85,42 @@ class ProductEncoder:
             manifest: The version's manifest.
             device: A resolved torch device.
             onnx_cache: An embedding cache holding verified ONNX copies of the encoders
-                (:mod:`.onnx_runtime`); on the CPU they are used instead of torch, as a
+                (:mod:`.onnx_encoders`); on the CPU they are used instead of torch, as a
                 CPU build does, so serving need not import torch at all.
             threads: ONNX Runtime threads of those copies (``None``: its default).
 
         Raises:
-            ConfigError: when the manifest lacks the build config, or an encoder rebuilt
-                from it has a different id than the one recorded (naming both).
+            ConfigError: when an encoder rebuilt from the manifest's build config has a
+                different id than the one recorded (naming both).
         """
-        config = manifest.get("config")
-        recorded = manifest.get("encoders")
-        if not isinstance(config, Mapping) or not isinstance(recorded, Mapping):
-            raise ConfigError(
-                "the index manifest has no build config or encoder ids; rebuild the index "
-                "with this version of newarrivals (`newarrivals build-index`)."
-            )
         # A CPU build encodes with the cache's verified ONNX copies; serve the same way.
         copies = onnx_cache if device == "cpu" else None
         text: TextEncoding | None = None
-        if config.get("text"):
-            torch_text = TextEncoder(TextEncoderConfig.from_dict(dict(config["text"])), device)
-            _check_id("text", torch_text.encoder_id, recorded.get("text"))
+        text_config = manifest.text_config
+        if text_config:
+            torch_text = TextEncoder(TextEncoderConfig.from_dict(text_config), device)
+            recorded_text = manifest.encoders.text
+            _check_id(
+                "text", torch_text.encoder_id, None if recorded_text is None else recorded_text.id
+            )
             text = torch_text
             if copies is not None:
                 text = load_text_export(copies, torch_text.encoder_id, threads=threads) or text
         image: ImageEncoding | None = None
-        if config.get("image"):
-            torch_image = ImageEncoder(ImageEncoderConfig.from_dict(dict(config["image"])), device)
-            _check_id("image", torch_image.encoder_id, recorded.get("image"))
+        image_config = manifest.image_config
+        if image_config:
+            torch_image = ImageEncoder(ImageEncoderConfig.from_dict(image_config), device)
+            recorded_image = manifest.encoders.image
+            _check_id(
+                "image",
+                torch_image.encoder_id,
+                None if recorded_image is None else recorded_image.id,
+            )
             image = torch_image
             if copies is not None:
                 image = load_image_export(copies, torch_image.encoder_id, threads=threads) or image
-        fusion = FusionConfig.from_dict(dict(config["fusion"]))
-        dim = int(manifest["dim"])
+        fusion = FusionConfig.from_dict(manifest.build_fusion)
+        dim = manifest.dim
         return cls(text, image, fusion, dim)
 
     @property
@@ -198,8 +202,7 @@ class ProductEncoder:
         return EncodedInputs(vectors=vectors, has_text=has_text, has_image=has_image)
 
 
-def _check_id(what: str, actual: str, recorded: object) -> None:
-    expected = recorded.get("id") if isinstance(recorded, Mapping) else None
+def _check_id(what: str, actual: str, expected: str | None) -> None:
     if expected != actual:
         raise ConfigError(
             f"the {what} encoder rebuilt from the index manifest has id {actual!r}, but the "

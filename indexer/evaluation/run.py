@@ -75,7 +75,7 @@ from newarrivals.indexer.evaluation.report import (
     MethodResult,
     compute_margins,
 )
-from newarrivals.indexer.index.build import encode_products
+from newarrivals.indexer.index.encoding import encode_products
 from newarrivals.indexer.index.version import library_versions
 
 __all__ = ["DatasetProfile", "EvaluateConfig", "evaluate", "resolve_profile"]

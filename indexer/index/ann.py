@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import faiss
 import numpy as np
@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from newarrivals.indexer.device import faiss_gpu_count
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
+from newarrivals.indexer.index import faiss_ops
 from newarrivals.indexer.validation import require_known_fields
 
 __all__ = [
@@ -67,9 +68,6 @@ IdArray = npt.NDArray[np.int64]
 #: vectors takes ~2 ms per query on 2 cores) and needs no training or tuning.
 AUTO_FLAT_BELOW: Final = 50_000
 
-#: FAISS k-means warns below 39 training points per centroid and produces poor centroids.
-MIN_POINTS_PER_CENTROID: Final = 39
-
 #: Largest k a GPU FAISS search accepts.
 GPU_MAX_K: Final = 2048
 
@@ -77,8 +75,6 @@ GPU_MAX_K: Final = 2048
 _BITMAP_MAX_ID: Final = 1 << 29
 
 _INT64_MAX: Final = int(np.iinfo(np.int64).max)
-
-_Kind = Literal["ivf", "hnsw", "idmap"]
 
 
 def auto_factory(n: int) -> str:
@@ -117,7 +113,7 @@ def auto_factory(n: int) -> str:
     target = 4.0 * math.sqrt(n)
     nlist = 2 ** round(math.log2(target))
     nlist = max(256, min(nlist, 65_536))
-    while nlist > 256 and nlist * MIN_POINTS_PER_CENTROID > n:
+    while nlist > 256 and nlist * faiss_ops.MIN_POINTS_PER_CENTROID > n:
         nlist //= 2
     return f"IVF{nlist},Flat"
 
@@ -301,7 +297,9 @@ class FaissIndex(VectorIndex):
         (True, 1)
     """
 
-    def __init__(self, cpu_index: faiss.Index, kind: _Kind, config: AnnConfig) -> None:
+    def __init__(
+        self, cpu_index: faiss.Index, kind: faiss_ops.FaissKind, config: AnnConfig
+    ) -> None:
         if config.use_gpu and faiss_gpu_count() == 0:
             raise ConfigError(
                 "use_gpu=True but FAISS sees no GPU; install the GPU build "
@@ -309,7 +307,7 @@ class FaissIndex(VectorIndex):
                 "use_gpu=False."
             )
         self._cpu = cpu_index
-        self._kind: _Kind = kind
+        self._kind: faiss_ops.FaissKind = kind
         self._config = config
         self._live: IdArray = np.empty(0, dtype=np.int64)
         self._tombstones = 0
@@ -321,7 +319,7 @@ class FaissIndex(VectorIndex):
 
     @classmethod
     def create(cls, config: AnnConfig, dim: int) -> FaissIndex:
-        kind, index = _new_faiss_index(config.factory, dim)
+        kind, index = faiss_ops.new_faiss_index(config.factory, dim)
         return cls(index, kind, config)
 
     @classmethod
@@ -335,7 +333,7 @@ class FaissIndex(VectorIndex):
                 f"{path} uses FAISS metric {index.metric_type}, expected inner product "
                 f"({faiss.METRIC_INNER_PRODUCT}); rebuild the index."
             )
-        return cls(index, _kind_of(index), config)
+        return cls(index, faiss_ops.kind_of(index), config)
 
     # -- properties -----------------------------------------------------------------
 
@@ -366,9 +364,15 @@ class FaissIndex(VectorIndex):
 
     def build(self, vectors: FloatArray, ids: IdArray) -> None:
         x = self._check_vectors(vectors)
-        idx = _check_ids(ids, expected=x.shape[0])
-        _, fresh = _new_faiss_index(self._config.factory, self.dim)
-        _train(fresh, x, self._config)
+        idx = faiss_ops.check_ids(ids, expected=x.shape[0])
+        _, fresh = faiss_ops.new_faiss_index(self._config.factory, self.dim)
+        faiss_ops.train_index(
+            fresh,
+            x,
+            factory=self._config.factory,
+            train_size=self._config.train_size,
+            seed=self._config.seed,
+        )
         if x.shape[0]:
             fresh.add_with_ids(x, idx)
         self._cpu = fresh
@@ -378,7 +382,7 @@ class FaissIndex(VectorIndex):
 
     def add(self, vectors: FloatArray, ids: IdArray) -> None:
         x = self._check_vectors(vectors)
-        idx = _check_ids(ids, expected=x.shape[0])
+        idx = faiss_ops.check_ids(ids, expected=x.shape[0])
         if x.shape[0] == 0:
             return
         if not self._cpu.is_trained:
@@ -394,7 +398,7 @@ class FaissIndex(VectorIndex):
             clash = idx[np.isin(idx, self._live, assume_unique=True)]
             if clash.size:
                 raise ValueError(
-                    f"ids already in the index: {_preview(clash)}; remove them first "
+                    f"ids already in the index: {faiss_ops.preview_ids(clash)}; remove them first "
                     f"(an upsert is remove + add)."
                 )
         self._cpu.add_with_ids(x, idx)
@@ -410,7 +414,7 @@ class FaissIndex(VectorIndex):
             # FAISS cannot delete from an HNSW graph: overwrite the id with -1 in place
             # (the id map is serialised, so the tombstone survives save/load) and filter
             # ids < 0 out of every search.
-            id_map = _id_map_view(self._cpu)
+            id_map = faiss_ops.id_map_view(self._cpu)
             id_map[np.isin(id_map, present)] = -1
             self._tombstones += int(present.size)
             removed = int(present.size)
@@ -435,14 +439,14 @@ class FaissIndex(VectorIndex):
         if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
         k = int(k)
-        allowed_ids = None if allowed is None else _check_allowed(allowed)
+        allowed_ids = None if allowed is None else faiss_ops.check_allowed(allowed)
         if q.shape[0] == 0 or len(self) == 0 or (allowed_ids is not None and not allowed_ids.size):
-            return _empty_result(q.shape[0], k)
+            return faiss_ops.empty_result(q.shape[0], k)
         if self._config.use_gpu:
             return self._search_gpu(q, k, allowed_ids)
         selector, _keepalive = self._selector(allowed_ids)
         scores, ids = self._cpu.search(q, k, params=self._params(selector))
-        return _clean(scores, ids)
+        return faiss_ops.clean_result(scores, ids)
 
     def _selector(self, allowed: IdArray | None) -> tuple[Any, Any]:
         """An ``IDSelector`` (or None) and the buffer it points into, to keep alive."""
@@ -481,7 +485,7 @@ class FaissIndex(VectorIndex):
             gpu = self._gpu_replica()
             if allowed is None:
                 scores, ids = gpu.search(q, min(k, GPU_MAX_K))
-                return _pad(_clean(scores, ids), k)
+                return faiss_ops.pad_result(faiss_ops.clean_result(scores, ids), k)
             # GPU indexes take no IDSelector: over-fetch, drop what is not allowed, and
             # widen the fetch until every row has enough (or the GPU limit is hit).
             live_allowed = int(np.isin(allowed, self._live, assume_unique=True).sum())
@@ -498,7 +502,7 @@ class FaissIndex(VectorIndex):
         kept = np.take_along_axis(keep, order, axis=1)
         out_ids = np.where(kept, np.take_along_axis(ids, order, axis=1), -1)
         out_scores = np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf)
-        return _pad((out_scores.astype(np.float32), out_ids.astype(np.int64)), k)
+        return faiss_ops.pad_result((out_scores.astype(np.float32), out_ids.astype(np.int64)), k)
 
     def _gpu_replica(self) -> faiss.Index:
         """The GPU copy of the CPU index, re-cloned after mutations (lock held)."""
@@ -524,16 +528,18 @@ class FaissIndex(VectorIndex):
 
     def _refresh_ids(self) -> None:
         if self._kind == "ivf":
-            ids = _ivf_ids(self._cpu)
+            ids = faiss_ops.ivf_ids(self._cpu)
             self._tombstones = 0
         else:
-            raw = _id_map_view(self._cpu)
+            raw = faiss_ops.id_map_view(self._cpu)
             ids = raw[raw >= 0]
             self._tombstones = int(raw.size - ids.size)
         self._live = np.sort(ids.astype(np.int64, copy=True))
         if self._live.size and np.any(self._live[1:] == self._live[:-1]):
             dup = self._live[1:][self._live[1:] == self._live[:-1]]
-            raise IndexIntegrityError(f"the index holds duplicate ids {_preview(dup)}; rebuild it.")
+            raise IndexIntegrityError(
+                f"the index holds duplicate ids {faiss_ops.preview_ids(dup)}; rebuild it."
+            )
 
     def _check_vectors(self, vectors: FloatArray, what: str = "vectors") -> FloatArray:
         x = np.asarray(vectors)
@@ -546,174 +552,6 @@ class FaissIndex(VectorIndex):
         if not np.isfinite(x).all():
             raise ValueError(f"{what} contain NaN or infinite values; fix the encoder output.")
         return x
-
-
-def _new_faiss_index(factory: str, dim: int) -> tuple[_Kind, faiss.Index]:
-    """Build an empty index for ``factory``, wrapped so that it accepts int64 ids."""
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ConfigError(f"dim must be a positive integer, got {dim!r}.")
-    try:
-        bare = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"FAISS cannot build factory {factory!r} for dim={dim} ({first}); use e.g. "
-            f"'Flat', 'IVF1024,Flat', 'HNSW32', 'SQ8' or 'IVF1024,PQ{{m}}' with dim "
-            f"divisible by m."
-        ) from exc
-    if faiss.try_extract_index_ivf(bare) is not None:
-        # IVF stores ids itself and its remove_ids keeps them; an IDMap around an IVF
-        # would corrupt its id map on removal.
-        return "ivf", bare
-    if _is_hnsw(bare):
-        return "hnsw", faiss.index_factory(dim, f"IDMap,{factory}", faiss.METRIC_INNER_PRODUCT)
-    return "idmap", faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-
-
-def _is_hnsw(index: faiss.Index) -> bool:
-    core = faiss.downcast_index(index)
-    if isinstance(core, faiss.IndexPreTransform):
-        core = faiss.downcast_index(core.index)
-    return isinstance(core, faiss.IndexHNSW)
-
-
-def _kind_of(index: faiss.Index) -> _Kind:
-    if faiss.try_extract_index_ivf(index) is not None:
-        return "ivf"
-    core = faiss.downcast_index(index)
-    if isinstance(core, faiss.IndexIDMap2):
-        return "idmap"
-    if isinstance(core, faiss.IndexIDMap) and _is_hnsw(core.index):
-        return "hnsw"
-    raise IndexIntegrityError(
-        f"unsupported FAISS index type {type(core).__name__}; expected an IVF index, an "
-        f"IndexIDMap2 or an IndexIDMap over HNSW as written by FaissIndex.save."
-    )
-
-
-def _id_map_view(index: faiss.Index) -> IdArray:
-    """A writable numpy view of an IndexIDMap's id map (no copy)."""
-    core: Any = faiss.downcast_index(index)
-    id_map = core.id_map
-    if id_map.size() == 0:
-        return np.empty(0, dtype=np.int64)
-    view: IdArray = faiss.rev_swig_ptr(id_map.data(), id_map.size())
-    return view
-
-
-def _ivf_ids(index: faiss.Index) -> IdArray:
-    ivf = faiss.extract_index_ivf(index)
-    invlists: Any = ivf.invlists
-    parts = []
-    for list_no in range(ivf.nlist):
-        size = invlists.list_size(list_no)
-        if size:
-            ptr = invlists.get_ids(list_no)
-            parts.append(faiss.rev_swig_ptr(ptr, size).copy())
-            invlists.release_ids(list_no, ptr)
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-
-
-def _train(index: faiss.Index, x: FloatArray, config: AnnConfig) -> None:
-    """Train on a seeded sample of at most ``config.train_size`` vectors."""
-    if index.is_trained:
-        return
-    n = x.shape[0]
-    usable = n if config.train_size is None else min(n, config.train_size)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        need = MIN_POINTS_PER_CENTROID * int(ivf.nlist)
-        if usable < need:
-            smaller = max(1, usable // MIN_POINTS_PER_CENTROID)
-            raise ConfigError(
-                f"factory {config.factory!r} has nlist={ivf.nlist} and needs at least "
-                f"{need} training vectors ({MIN_POINTS_PER_CENTROID} per list), but has "
-                f"{usable} (n={n}, train_size={config.train_size}); use 'Flat' or a "
-                f"smaller nlist (at most {smaller})."
-            )
-    pq_holder = _find_pq_holder(index)
-    pq = None if pq_holder is None else pq_holder.pq
-    if pq is not None and usable < int(pq.ksub):
-        raise ConfigError(
-            f"factory {config.factory!r} trains {pq.ksub} centroids per PQ sub-quantizer "
-            f"and needs at least {pq.ksub} training vectors, but has {usable}; use 'Flat', "
-            f"'SQ8' or fewer PQ bits."
-        )
-    if pq_holder is not None and hasattr(pq_holder, "do_polysemous_training"):
-        # Polysemous training (simulated annealing over PQ codes) is only useful for
-        # Hamming-filtered search, which is never enabled here, and dominates PQ training.
-        pq_holder.do_polysemous_training = False
-    if usable < n:
-        rng = np.random.default_rng(config.seed)
-        sample = np.sort(rng.choice(n, size=usable, replace=False))
-        train_x = np.ascontiguousarray(x[sample])
-    else:
-        train_x = x
-    logger.info("training %r on %d of %d vectors", config.factory, usable, n)
-    index.train(train_x)
-
-
-def _find_pq_holder(index: faiss.Index) -> Any:
-    """The (possibly wrapped) index that owns a product quantizer, or None."""
-    core = faiss.downcast_index(index)
-    for _ in range(4):
-        if hasattr(core, "pq") and core.pq is not None:
-            return core
-        inner = getattr(core, "index", None) or getattr(core, "storage", None)
-        if inner is None:
-            return None
-        core = faiss.downcast_index(inner)
-    return None
-
-
-def _check_ids(ids: IdArray, expected: int) -> IdArray:
-    idx = np.ascontiguousarray(np.asarray(ids), dtype=np.int64)
-    if idx.ndim != 1 or idx.shape[0] != expected:
-        raise ValueError(f"ids must be a 1-d array of {expected} ids, got shape {idx.shape}.")
-    if idx.size and int(idx.min()) < 0:
-        raise ValueError(f"ids must be non-negative (-1 marks a missing result), got {idx.min()}.")
-    if np.unique(idx).size != idx.size:
-        values, counts = np.unique(idx, return_counts=True)
-        raise ValueError(f"ids must be unique, got duplicates {_preview(values[counts > 1])}.")
-    return idx
-
-
-def _check_allowed(allowed: IdArray) -> IdArray:
-    a = np.ascontiguousarray(np.asarray(allowed), dtype=np.int64)
-    if a.ndim != 1:
-        raise ValueError(f"allowed must be a 1-d array of ids, got shape {a.shape}.")
-    if a.size and (int(a[0]) < 0 or np.any(a[1:] <= a[:-1])):
-        raise ValueError(
-            "allowed must be sorted, unique and non-negative; pass np.unique(allowed)."
-        )
-    return a
-
-
-def _clean(scores: FloatArray, ids: IdArray) -> tuple[FloatArray, IdArray]:
-    ids = ids.astype(np.int64, copy=False)
-    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-    return scores, ids
-
-
-def _pad(result: tuple[FloatArray, IdArray], k: int) -> tuple[FloatArray, IdArray]:
-    scores, ids = result
-    short = k - ids.shape[1]
-    if short <= 0:
-        return scores, ids
-    return (
-        np.pad(scores, ((0, 0), (0, short)), constant_values=-np.inf).astype(np.float32),
-        np.pad(ids, ((0, 0), (0, short)), constant_values=-1).astype(np.int64),
-    )
-
-
-def _empty_result(n: int, k: int) -> tuple[FloatArray, IdArray]:
-    return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
-
-
-def _preview(values: IdArray, limit: int = 10) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:limit])
-    more = f" and {values.size - limit} more" if values.size > limit else ""
-    return f"[{shown}]{more}"
 
 
 #: Backend name -> implementation. Read-only: add a backend by editing this module.
@@ -734,21 +572,18 @@ def make_index(config: AnnConfig, dim: int) -> VectorIndex:
         ConfigError: Unknown backend (the message lists the valid ones) or a factory
             FAISS cannot build for ``dim``.
     """
-    try:
-        cls = BACKENDS[config.backend]
-    except KeyError:
-        raise ConfigError(
-            f"unknown index backend {config.backend!r}; choose one of {sorted(BACKENDS)}."
-        ) from None
-    return cls.create(config, dim)
+    return _backend(config).create(config, dim)
 
 
 def load_index(path: Path, config: AnnConfig) -> VectorIndex:
     """Load an index written by ``VectorIndex.save`` with the backend named in ``config``."""
+    return _backend(config).load(path, config)
+
+
+def _backend(config: AnnConfig) -> type[VectorIndex]:
     try:
-        cls = BACKENDS[config.backend]
+        return BACKENDS[config.backend]
     except KeyError:
         raise ConfigError(
             f"unknown index backend {config.backend!r}; choose one of {sorted(BACKENDS)}."
         ) from None
-    return cls.load(path, config)

@@ -16,16 +16,13 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from tqdm.auto import tqdm
-
-from newarrivals.indexer.catalog.readers import read_catalog, write_rejects
+from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Catalog, Product, Reject, SourceRef, product_document
+from newarrivals.indexer.catalog.writers import write_rejects
 from newarrivals.indexer.device import faiss_gpu_count, resolve_device
 from newarrivals.indexer.encoders import (
     FusionConfig,
@@ -35,10 +32,7 @@ from newarrivals.indexer.encoders import (
     TextEncoder,
     TextEncoderConfig,
     TextEncoding,
-    file_digest,
-    fuse,
     fused_dim,
-    text_digest,
 )
 from newarrivals.indexer.encoders.onnx_encoders import (
     export_image,
@@ -48,24 +42,28 @@ from newarrivals.indexer.encoders.onnx_encoders import (
 )
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.index.ann import AnnConfig, auto_factory
-from newarrivals.indexer.index.cache import EmbeddingCache
+from newarrivals.indexer.index.encoding import (
+    StageStats,
+    encode_products,
+    encoder_dim,
+)
+from newarrivals.indexer.index.manifest import (
+    FORMAT_VERSION,
+    EncoderRecord,
+    EncoderRecords,
+    ImageEncoderRecord,
+    IndexCounts,
+    IndexManifest,
+)
 from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.index.version import (
-    FORMAT_VERSION,
     library_versions,
     new_version_id,
     publish_version,
     utc_now,
 )
 
-__all__ = [
-    "BuildConfig",
-    "BuildSummary",
-    "EncodedProducts",
-    "StageStats",
-    "build_index",
-    "encode_products",
-]
+__all__ = ["BuildConfig", "BuildSummary", "build_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,52 +137,40 @@ class BuildConfig:
 
 
 @dataclass
-class StageStats:
-    """Work done by one stage: items it handled, how many came from the cache, time."""
-
-    items: int = 0
-    encoded: int = 0
-    cached: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-
-    @property
-    def per_second(self) -> float:
-        return self.items / self.seconds if self.seconds > 0 else float("inf")
-
-
-@dataclass
 class BuildSummary:
     """What a build did, for the run summary and the manifest."""
 
     version_dir: Path
-    products_read: int
-    rejected_rows: int
-    image_rejects: int
-    content_rejects: int
-    indexed: int
-    with_text: int
-    with_image: int
-    with_both: int
+    counts: IndexCounts
     stages: dict[str, StageStats]
     seconds: float
     rejects_file: Path
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["version_dir"] = str(self.version_dir)
-        d["rejects_file"] = str(self.rejects_file)
-        for name, st in self.stages.items():
-            d["stages"][name]["per_second"] = round(st.per_second, 1) if st.seconds else None
-        return d
+        counts = self.counts.to_dict()
+        # The summary reports products; the interactions read are the manifest's to record.
+        del counts["interactions"]
+        return {
+            "version_dir": str(self.version_dir),
+            **counts,
+            "stages": {
+                name: {
+                    **asdict(st),
+                    "per_second": round(st.per_second, 1) if st.seconds else None,
+                }
+                for name, st in self.stages.items()
+            },
+            "seconds": self.seconds,
+            "rejects_file": str(self.rejects_file),
+        }
 
     def format(self) -> str:
+        c = self.counts
         lines = [
             f"index version: {self.version_dir}",
-            f"products read: {self.products_read}  rejected rows: {self.rejected_rows}  "
-            f"photos rejected: {self.image_rejects}  nothing to encode: {self.content_rejects}",
-            f"indexed: {self.indexed} (text {self.with_text}, photo {self.with_image}, "
-            f"both {self.with_both})",
+            f"products read: {c.products_read}  rejected rows: {c.rejected_rows}  "
+            f"photos rejected: {c.image_rejects}  nothing to encode: {c.content_rejects}",
+            f"indexed: {c.indexed} (text {c.with_text}, photo {c.with_image}, both {c.with_both})",
         ]
         for name, st in self.stages.items():
             rate = f"{st.per_second:,.0f} items/s" if st.seconds > 0 else "-"
@@ -194,187 +180,6 @@ class BuildSummary:
             )
         lines.append(f"total {self.seconds:.2f}s; rejects in {self.rejects_file}")
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class EncodedProducts:
-    """Vectors for a list of products, row ``i`` for product ``i``.
-
-    ``text``/``image`` are ``None`` when that encoder is disabled; rows without the
-    modality are zero and ``has_text``/``has_image`` say which rows are real.
-    ``failures`` maps a row to the reason its photo could not be used.
-    """
-
-    text: np.ndarray | None
-    has_text: np.ndarray
-    image: np.ndarray | None
-    has_image: np.ndarray
-    failures: dict[int, str]
-    vectors: np.ndarray
-
-
-def _encode_cached(
-    keys: Sequence[str | None],
-    cache: EmbeddingCache,
-    encode: Callable[[list[int]], tuple[np.ndarray, np.ndarray, dict[int, str]]],
-    *,
-    chunk_size: int,
-    stats: StageStats,
-    desc: str,
-    progress: bool,
-) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """Fill vectors from the cache, encode the misses chunk by chunk, cache each chunk.
-
-    ``encode(rows)`` returns (vectors, ok mask, failures by position in ``rows``). Rows with a
-    ``None`` key have no input for this modality. Identical keys are encoded once.
-    """
-    n = len(keys)
-    has_key = np.array([k is not None for k in keys], dtype=bool)
-    present_keys = [k for k in keys if k is not None]
-    found, cached_vecs = cache.lookup(present_keys)
-    vectors = np.zeros((n, cache.dim), dtype=np.float32)
-    present = np.zeros(n, dtype=bool)
-    key_rows = np.flatnonzero(has_key)
-    vectors[key_rows[found]] = cached_vecs[found]
-    present[key_rows[found]] = True
-    stats.items = int(has_key.sum())
-    stats.cached = int(found.sum())
-
-    # One representative row per distinct missing key.
-    first_row: dict[str, int] = {}
-    for row in key_rows[~found].tolist():
-        first_row.setdefault(str(keys[row]), row)
-    todo = list(first_row.items())
-    failures: dict[int, str] = {}
-    failed_keys: dict[str, str] = {}
-    bar = tqdm(total=len(todo), desc=desc, unit="item", disable=not progress or not todo)
-    for start in range(0, len(todo), chunk_size):
-        part = todo[start : start + chunk_size]
-        rows = [r for _, r in part]
-        vecs, ok, fails = encode(rows)
-        good = [i for i in range(len(part)) if ok[i]]
-        cache.put([part[i][0] for i in good], vecs[good])
-        for i, reason in fails.items():
-            failed_keys[part[i][0]] = reason
-        stats.encoded += len(good)
-        bar.update(len(part))
-    bar.close()
-    if todo:
-        # Spread results to every row that shares a key.
-        missing_rows = key_rows[~found]
-        miss_keys = [str(keys[r]) for r in missing_rows.tolist()]
-        fresh_found, fresh = cache.lookup(miss_keys)
-        vectors[missing_rows[fresh_found]] = fresh[fresh_found]
-        present[missing_rows[fresh_found]] = True
-        for r, k in zip(missing_rows.tolist(), miss_keys, strict=True):
-            if k in failed_keys:
-                failures[r] = failed_keys[k]
-    stats.failed = len(failures)
-    return vectors, present, failures
-
-
-def encode_products(
-    products: Sequence[Product],
-    *,
-    text_encoder: TextEncoding | None,
-    image_encoder: ImageEncoding | None,
-    fusion: FusionConfig,
-    cache_root: Path,
-    chunk_size: int = 1024,
-    progress: bool = False,
-    stats: dict[str, StageStats] | None = None,
-) -> EncodedProducts:
-    """Encode products through the cache and fuse them.
-
-    Returns:
-        Per-modality vectors and masks, photo failures, and the fused vectors (a product
-        with neither modality gets a zero row).
-    """
-    stats = stats if stats is not None else {}
-    n = len(products)
-    text_vecs: np.ndarray | None = None
-    has_text = np.zeros(n, dtype=bool)
-    if text_encoder is not None:
-        st = stats.setdefault("text", StageStats())
-        t0 = time.perf_counter()
-        docs = [product_document(p) for p in products]
-        keys: list[str | None] = [text_digest(d) if d else None for d in docs]
-        text_enc = text_encoder
-        cache = EmbeddingCache(cache_root, text_enc.encoder_id, _dim_of(text_enc, cache_root))
-
-        def encode_text(rows: list[int]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-            vecs = text_enc.encode([docs[r] for r in rows])
-            return vecs, np.ones(len(rows), dtype=bool), {}
-
-        text_vecs, has_text, _ = _encode_cached(
-            keys,
-            cache,
-            encode_text,
-            chunk_size=chunk_size,
-            stats=st,
-            desc="text",
-            progress=progress,
-        )
-        st.seconds = time.perf_counter() - t0
-
-    image_vecs: np.ndarray | None = None
-    has_image = np.zeros(n, dtype=bool)
-    failures: dict[int, str] = {}
-    if image_encoder is not None:
-        st = stats.setdefault("image", StageStats())
-        t0 = time.perf_counter()
-        img_keys: list[str | None] = []
-        for i, p in enumerate(products):
-            if not p.image:
-                img_keys.append(None)
-                continue
-            try:
-                img_keys.append(file_digest(Path(p.image)))
-            except OSError as exc:
-                failures[i] = f"image file unreadable: {p.image} ({exc.strerror or exc})"
-                img_keys.append(None)
-        image_enc = image_encoder
-        cache = EmbeddingCache(cache_root, image_enc.encoder_id, _dim_of(image_enc, cache_root))
-
-        def encode_images(rows: list[int]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-            res = image_enc.encode_paths([str(products[r].image) for r in rows])
-            return res.vectors, res.ok, res.failures
-
-        image_vecs, has_image, decode_failures = _encode_cached(
-            img_keys,
-            cache,
-            encode_images,
-            chunk_size=chunk_size,
-            stats=st,
-            desc="image",
-            progress=progress,
-        )
-        failures.update(decode_failures)
-        st.failed = len(failures)
-        st.seconds = time.perf_counter() - t0
-
-    st = stats.setdefault("fuse", StageStats())
-    t0 = time.perf_counter()
-    vectors = fuse(fusion, text_vecs, has_text, image_vecs, has_image)
-    st.items = n
-    st.seconds = time.perf_counter() - t0
-    return EncodedProducts(
-        text=text_vecs,
-        has_text=has_text,
-        image=image_vecs,
-        has_image=has_image,
-        failures=failures,
-        vectors=vectors,
-    )
-
-
-def _dim_of(encoder: TextEncoding | ImageEncoding, cache_root: Path) -> int:
-    """The encoder's output dim, without loading the model when the cache already knows it.
-
-    Loading a model costs seconds; a refresh that is all cache hits should not pay it.
-    """
-    known = EmbeddingCache.known_dim(cache_root, encoder.encoder_id)
-    return known if known is not None else encoder.dim
 
 
 def build_index(config: BuildConfig) -> BuildSummary:
@@ -454,8 +259,8 @@ def build_index(config: BuildConfig) -> BuildSummary:
         )
     vectors = encoded.vectors[keep]
 
-    text_dim = _dim_of(text_run, cache_root) if text_run else None
-    image_dim = _dim_of(image_run, cache_root) if image_run else None
+    text_dim = encoder_dim(text_run, cache_root) if text_run else None
+    image_dim = encoder_dim(image_run, cache_root) if image_run else None
     dim = fused_dim(config.fusion, text_dim, image_dim)
     ann = config.ann or AnnConfig(factory=auto_factory(len(products)))
     if faiss_gpu_count() > 0 and device != "cpu" and not ann.use_gpu:
@@ -477,66 +282,58 @@ def build_index(config: BuildConfig) -> BuildSummary:
         st.seconds = time.perf_counter() - t0
         now = utc_now()
         version = new_version_id(now, tmp.name)
-        n_text = int(has_text[keep].sum())
-        n_image = int(has_image[keep].sum())
-        n_both = int((has_text & has_image)[keep].sum())
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "version": version,
-            "built_at": now.isoformat(),
-            "dim": dim,
-            "counts": {
-                "products_read": len(catalog.products),
-                "rejected_rows": len(catalog.rejects),
-                "image_rejects": len(image_rejects),
-                "content_rejects": len(content_rejects),
-                "indexed": len(products),
-                "with_text": n_text,
-                "with_image": n_image,
-                "with_both": n_both,
-                "interactions": len(catalog.interactions),
-            },
-            "encoders": {
-                "text": None
-                if text_encoder is None
-                else {
-                    "id": text_encoder.encoder_id,
-                    "model": text_encoder.config.model,
-                    "dim": text_dim,
-                    "runtime": _runtime(text_run),
-                },
-                "image": None
-                if image_encoder is None
-                else {
-                    "id": image_encoder.encoder_id,
-                    "model": image_encoder.config.model,
-                    "pretrained": image_encoder.config.pretrained,
-                    "trained": image_encoder.trained,
-                    "dim": image_dim,
-                    "runtime": _runtime(image_run),
-                },
-            },
-            "fusion": config.fusion.to_dict(),
-            "ann": ann.to_dict(),
-            "device": device,
-            "config": config.to_dict(),
-            "libraries": library_versions(),
-            "stats": {k: asdict(v) for k, v in stats.items()},
-        }
+        counts = IndexCounts(
+            products_read=len(catalog.products),
+            rejected_rows=len(catalog.rejects),
+            image_rejects=len(image_rejects),
+            content_rejects=len(content_rejects),
+            indexed=len(products),
+            with_text=int(has_text[keep].sum()),
+            with_image=int(has_image[keep].sum()),
+            with_both=int((has_text & has_image)[keep].sum()),
+            interactions=len(catalog.interactions),
+        )
+        manifest = IndexManifest(
+            format_version=FORMAT_VERSION,
+            version=version,
+            built_at=now,
+            dim=dim,
+            counts=counts,
+            encoders=EncoderRecords(
+                # A run exists exactly when its encoder does, so the dims are set here.
+                text=None
+                if text_encoder is None or text_dim is None
+                else EncoderRecord(
+                    id=text_encoder.encoder_id,
+                    model=text_encoder.config.model,
+                    dim=text_dim,
+                    runtime=_runtime(text_run),
+                ),
+                image=None
+                if image_encoder is None or image_dim is None
+                else ImageEncoderRecord(
+                    id=image_encoder.encoder_id,
+                    model=image_encoder.config.model,
+                    pretrained=image_encoder.config.pretrained,
+                    trained=image_encoder.trained,
+                    dim=image_dim,
+                    runtime=_runtime(image_run),
+                ),
+            ),
+            fusion=config.fusion.to_dict(),
+            ann=ann.to_dict(),
+            device=device,
+            config=config.to_dict(),
+            libraries=library_versions(),
+            stats={k: asdict(v) for k, v in stats.items()},
+        )
         final = publish_version(tmp, config.out, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary = BuildSummary(
         version_dir=final,
-        products_read=len(catalog.products),
-        rejected_rows=len(catalog.rejects),
-        image_rejects=len(image_rejects),
-        content_rejects=len(content_rejects),
-        indexed=len(products),
-        with_text=n_text,
-        with_image=n_image,
-        with_both=n_both,
+        counts=counts,
         stages=stats,
         seconds=time.perf_counter() - t_start,
         rejects_file=final / "rejects.jsonl",

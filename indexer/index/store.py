@@ -28,11 +28,8 @@ On-disk layout inside one directory (the caller versions and publishes the direc
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,22 +44,22 @@ from newarrivals.indexer.errors import (
     IndexIntegrityError,
     UnknownProductError,
 )
-from newarrivals.indexer.index.ann import AnnConfig, VectorIndex, load_index, make_index
+from newarrivals.indexer.index.ann import AnnConfig, VectorIndex, make_index
+from newarrivals.indexer.index.filters import (
+    Candidate,
+    SearchFilter,
+    epoch_microseconds,
+    normalise_category,
+)
+from newarrivals.indexer.index.store_files import StoreColumns, read_store, write_store
 
-__all__ = ["Candidate", "ProductIndex", "SearchFilter"]
+__all__ = ["ProductIndex"]
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 IdArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-FORMAT_VERSION: Final = 1
-INDEX_FILE: Final = "index.faiss"
-IDS_FILE: Final = "ids.json"
-VECTORS_FILE: Final = "vectors.npy"
-META_FILE: Final = "meta.npz"
-ANN_FILE: Final = "ann.json"
 
 #: launched_at sentinel for "unknown"; it fails every launched_after comparison.
 NO_LAUNCH: Final = int(np.iinfo(np.int64).min)
@@ -93,101 +90,6 @@ _COLUMNS: Final = (
     "_available",
     "_alive",
 )
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One search result: a product id and its inner-product score (higher is closer)."""
-
-    product_id: str
-    score: float
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Which products a search may return.
-
-    Args:
-        category: Category path prefix, matched case-insensitively on whole segments:
-            ``"Women > Tops"`` matches ``Women > Tops > T-shirt`` but not
-            ``Women > Topshop``. ``"/"`` also separates segments.
-        min_price: Inclusive lower price bound; products without a price are excluded
-            when either bound is set.
-        max_price: Inclusive upper price bound.
-        launched_after: Only products launched strictly after this timezone-aware time;
-            products without ``launched_at`` are excluded when it is set.
-        available_only: Drop products marked unavailable (the default: unavailable
-            products are never recommended).
-        exclude_ids: Product ids never to return (e.g. what the user already bought);
-            unknown ids are ignored.
-
-    Example:
-        >>> from datetime import UTC, datetime
-        >>> f = SearchFilter(category="Women > Tops", max_price=40.0,
-        ...                  launched_after=datetime(2024, 5, 1, tzinfo=UTC),
-        ...                  exclude_ids=frozenset({"sku-1"}))
-        >>> f.category_prefix
-        'women > tops'
-    """
-
-    category: str | None = None
-    min_price: float | None = None
-    max_price: float | None = None
-    launched_after: datetime | None = None
-    available_only: bool = True
-    exclude_ids: frozenset[str] = field(default_factory=frozenset)
-
-    def __post_init__(self) -> None:
-        if self.category is not None and not _normalise_category(self.category):
-            raise ConfigError(
-                f"category must be a non-empty path such as 'Women > Tops', got "
-                f"{self.category!r}; pass None for no category filter."
-            )
-        for name in ("min_price", "max_price"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{name} must be a number or None, got {value!r}.")
-            if not np.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if (
-            self.min_price is not None
-            and self.max_price is not None
-            and self.min_price > self.max_price
-        ):
-            raise ConfigError(
-                f"min_price ({self.min_price}) is greater than max_price "
-                f"({self.max_price}); swap them or drop one bound."
-            )
-        if self.launched_after is not None:
-            if not isinstance(self.launched_after, datetime):
-                raise ConfigError(
-                    f"launched_after must be a datetime, got {self.launched_after!r}."
-                )
-            if self.launched_after.tzinfo is None:
-                raise ConfigError(
-                    f"launched_after must be timezone-aware, got naive "
-                    f"{self.launched_after.isoformat()}; add tzinfo=UTC."
-                )
-        if not isinstance(self.available_only, bool):
-            raise ConfigError(f"available_only must be True or False, got {self.available_only!r}.")
-        exclude: object = self.exclude_ids
-        if isinstance(exclude, str):
-            raise ConfigError(
-                f"exclude_ids must be a collection of product ids, got the string "
-                f"{exclude!r}; wrap it: frozenset({{{exclude!r}}})."
-            )
-        if not isinstance(exclude, frozenset) and isinstance(exclude, Iterable):
-            # Accept any iterable of ids but store it immutably (the filter is frozen).
-            object.__setattr__(self, "exclude_ids", frozenset(exclude))
-
-    @property
-    def category_prefix(self) -> str | None:
-        """The normalised (lower-cased, ``" > "``-joined) category prefix."""
-        return None if self.category is None else _normalise_category(self.category)
 
 
 class ProductIndex:
@@ -536,7 +438,7 @@ class ProductIndex:
         if f.max_price is not None:
             mask &= self._price <= f.max_price
         if f.launched_after is not None:
-            mask &= self._launched_us > _to_us(f.launched_after)
+            mask &= self._launched_us > epoch_microseconds(f.launched_after)
         if f.exclude_ids:
             known = [p for p in f.exclude_ids if p in self._id_of]
             if known:
@@ -587,35 +489,21 @@ class ProductIndex:
 
     def save(self, directory: Path) -> None:
         """Write the index into ``directory`` (created if needed; files overwritten)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._index.save(directory / INDEX_FILE)
         # Only live rows are written (dead rows are an in-memory detail).
         live = self._alive if self._dead else slice(None)
-        ids = {
-            "next_id": self._next_id,
-            "int_ids": self._int_ids[live].tolist(),
-            "product_ids": self.product_ids(),
-        }
-        (directory / IDS_FILE).write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
-        np.save(directory / VECTORS_FILE, self._vectors[live], allow_pickle=False)
-        with (directory / META_FILE).open("wb") as fh:
-            np.savez(
-                fh,
-                category_vocab=np.asarray(self._vocab, dtype=np.str_),
-                category_code=self._category_code[live],
-                price=self._price[live],
-                launched_us=self._launched_us[live],
-                available=self._available[live],
-            )
-        ann = {
-            "format": FORMAT_VERSION,
-            "config": replace(self._config, use_gpu=False).to_dict(),
-            "dim": self.dim,
-            "count": len(self),
-            "faiss_version": faiss.__version__,
-        }
-        (directory / ANN_FILE).write_text(json.dumps(ann, indent=2) + "\n", encoding="utf-8")
+        columns = StoreColumns(
+            config=self._config,
+            int_ids=self._int_ids[live],
+            product_ids=self.product_ids(),
+            vectors=self._vectors[live],
+            category_vocab=list(self._vocab),
+            category_code=self._category_code[live],
+            price=self._price[live],
+            launched_us=self._launched_us[live],
+            available=self._available[live],
+            next_id=self._next_id,
+        )
+        write_store(Path(directory), columns, self._index)
 
     @classmethod
     def load(
@@ -638,86 +526,19 @@ class ProductIndex:
             IndexIntegrityError: A file is missing or the files disagree (the message
                 names both numbers).
         """
-        directory = Path(directory)
-        for name in (ANN_FILE, IDS_FILE, VECTORS_FILE, META_FILE, INDEX_FILE):
-            if not (directory / name).is_file():
-                raise IndexIntegrityError(
-                    f"{directory / name} is missing; the directory is not a complete "
-                    f"ProductIndex (rebuild or re-publish it)."
-                )
-        ann = _read_json(directory / ANN_FILE, ("format", "config", "dim", "count"))
-        if ann.get("format") != FORMAT_VERSION:
-            raise IndexIntegrityError(
-                f"{directory / ANN_FILE} has format {ann.get('format')!r}, this code reads "
-                f"format {FORMAT_VERSION}; rebuild the index."
-            )
-        config = replace(AnnConfig.from_dict(ann["config"]), use_gpu=use_gpu)
-        ids = _read_json(directory / IDS_FILE, ("next_id", "int_ids", "product_ids"))
-        product_ids = [str(p) for p in ids["product_ids"]]
-        int_ids = np.asarray(ids["int_ids"], dtype=np.int64)
-        next_id = int(ids["next_id"])
-        vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
-        with np.load(directory / META_FILE, allow_pickle=False) as meta:
-            columns = {name: meta[name] for name in meta.files}
-        index = load_index(directory / INDEX_FILE, config)
-
-        def check(what: str, got: int, expected_what: str, expected: int) -> None:
-            if got != expected:
-                raise IndexIntegrityError(
-                    f"{directory}: {what} is {got} but {expected_what} is {expected}; the "
-                    f"files are inconsistent, rebuild or re-publish the index."
-                )
-
-        n = len(product_ids)
-        check(f"{IDS_FILE} int_ids count", int(int_ids.size), "product_ids count", n)
-        check(f"{INDEX_FILE} live count (ntotal)", len(index), f"{IDS_FILE} id count", n)
-        check(f"{VECTORS_FILE} row count", int(vectors.shape[0]), f"{IDS_FILE} id count", n)
-        check(f"{ANN_FILE} count", int(ann["count"]), f"{IDS_FILE} id count", n)
-        if vectors.ndim != 2 or vectors.dtype != np.float32:
-            raise IndexIntegrityError(
-                f"{VECTORS_FILE} must be float32 (n, dim), got {vectors.dtype} "
-                f"{vectors.shape}; rebuild the index."
-            )
-        check(f"{VECTORS_FILE} dim", int(vectors.shape[1]), f"{INDEX_FILE} dim", index.dim)
-        check(f"{ANN_FILE} dim", int(ann["dim"]), f"{INDEX_FILE} dim", index.dim)
-        for name in ("category_code", "price", "launched_us", "available"):
-            if name not in columns:
-                raise IndexIntegrityError(f"{META_FILE} lacks column {name!r}; rebuild.")
-            check(f"{META_FILE} {name} length", int(columns[name].shape[0]), "id count", n)
-        if len(set(product_ids)) != n:
-            check("distinct product id count", len(set(product_ids)), "product id count", n)
-        if n and (np.any(int_ids[1:] <= int_ids[:-1]) or int(int_ids[-1]) >= next_id):
-            raise IndexIntegrityError(
-                f"{IDS_FILE}: int_ids must increase and stay below next_id={next_id}; "
-                f"rebuild the index."
-            )
-        if not np.array_equal(index.ids(), int_ids):
-            stray = np.setxor1d(index.ids(), int_ids)
-            raise IndexIntegrityError(
-                f"{INDEX_FILE} and {IDS_FILE} disagree on {stray.size} int id(s), e.g. "
-                f"{stray[:5].tolist()}; rebuild the index."
-            )
-        vocab = [str(c) for c in columns["category_vocab"].tolist()]
-        codes = columns["category_code"].astype(np.int32)
-        if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= len(vocab)):
-            check(
-                f"{META_FILE} max category code + 1",
-                int(codes.max()) + 1,
-                "vocabulary size",
-                len(vocab),
-            )
+        columns, index = read_store(Path(directory), use_gpu=use_gpu)
         return cls(
-            config=config,
+            config=columns.config,
             index=index,
-            int_ids=int_ids,
-            product_ids=product_ids,
-            vectors=np.ascontiguousarray(vectors),
-            category_vocab=vocab,
-            category_code=codes,
-            price=columns["price"].astype(np.float64),
-            launched_us=columns["launched_us"].astype(np.int64),
-            available=columns["available"].astype(bool),
-            next_id=next_id,
+            int_ids=columns.int_ids,
+            product_ids=columns.product_ids,
+            vectors=columns.vectors,
+            category_vocab=columns.category_vocab,
+            category_code=columns.category_code,
+            price=columns.price,
+            launched_us=columns.launched_us,
+            available=columns.available,
+            next_id=columns.next_id,
             exact_below=exact_below,
             exact_fraction=exact_fraction,
         )
@@ -771,7 +592,7 @@ class ProductIndex:
     def _append(self, products: Sequence[Product], unit: FloatArray, ids: IdArray) -> None:
         codes = np.empty(len(products), dtype=np.int32)
         for i, p in enumerate(products):
-            path = _normalise_category(CATEGORY_SEPARATOR.join(p.category))
+            path = normalise_category(CATEGORY_SEPARATOR.join(p.category))
             code = self._code_of.get(path)
             if code is None:
                 code = len(self._vocab)
@@ -876,17 +697,6 @@ class ProductIndex:
         return np.where(valid, rows, -1).astype(np.int64)
 
 
-def _normalise_category(path: str) -> str:
-    """Lower-case, ``" > "``-joined path; ``/`` and ``>`` both separate segments."""
-    parts = [p.strip().lower() for p in path.replace("/", ">").split(">")]
-    return CATEGORY_SEPARATOR.join(p for p in parts if p)
-
-
-def _to_us(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
 def _launch_us(product: Product) -> int:
     if product.launched_at is None:
         return NO_LAUNCH
@@ -895,20 +705,7 @@ def _launch_us(product: Product) -> int:
             f"product {product.product_id!r} has a naive launched_at "
             f"{product.launched_at.isoformat()}; readers must produce timezone-aware UTC."
         )
-    return _to_us(product.launched_at)
-
-
-def _read_json(path: Path, required: Sequence[str]) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise IndexIntegrityError(f"cannot read {path}: {exc}; rebuild the index.") from exc
-    if not isinstance(data, dict):
-        raise IndexIntegrityError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-    missing = [key for key in required if key not in data]
-    if missing:
-        raise IndexIntegrityError(f"{path} lacks keys {missing}; rebuild the index.")
-    return data
+    return epoch_microseconds(product.launched_at)
 
 
 def _preview(values: Sequence[str], limit: int = 10) -> str:

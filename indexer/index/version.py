@@ -17,20 +17,18 @@ everything is on disk, so a reader never sees a half-written version.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from newarrivals.indexer.encoders.base import file_digest
 from newarrivals.indexer.errors import IndexIntegrityError
+from newarrivals.indexer.index.manifest import IndexManifest
 from newarrivals.indexer.index.store import ProductIndex
 
 __all__ = [
-    "FORMAT_VERSION",
     "LATEST_FILE",
     "MANIFEST_FILE",
     "IndexVersion",
@@ -40,7 +38,6 @@ __all__ = [
     "publish_version",
 ]
 
-FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 LATEST_FILE = "LATEST"
 _LIBRARIES = (
@@ -79,16 +76,16 @@ def new_version_id(now: datetime, seed: str) -> str:
     return f"v{now.strftime('%Y%m%dT%H%M%S')}Z-{hashlib.sha256(seed.encode()).hexdigest()[:8]}"
 
 
-def publish_version(tmp_dir: Path, root: Path, manifest: dict[str, Any]) -> Path:
+def publish_version(tmp_dir: Path, root: Path, manifest: IndexManifest) -> Path:
     """Write the manifest into ``tmp_dir``, rename it into ``root`` and point LATEST at it.
+
+    The manifest written records the sha256 of every file already in ``tmp_dir``.
 
     Returns:
         The published version directory.
     """
-    manifest = dict(manifest)
-    manifest["content_hashes"] = content_hashes(tmp_dir)
-    (tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    final = root / str(manifest["version"])
+    replace(manifest, content_hashes=content_hashes(tmp_dir)).write(tmp_dir / MANIFEST_FILE)
+    final = root / manifest.version
     if final.exists():
         raise IndexIntegrityError(f"index version {final} already exists; refusing to overwrite.")
     tmp_dir.replace(final)
@@ -155,16 +152,16 @@ class IndexVersion:
     """
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: IndexManifest
     store: ProductIndex
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return self.manifest.dim
 
     @classmethod
     def load(cls, path: Path, *, verify: bool = True, use_gpu: bool = False) -> IndexVersion:
@@ -181,14 +178,9 @@ class IndexVersion:
         """
         if not (path / MANIFEST_FILE).is_file():
             path = latest_version(path)
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexIntegrityError(
-                f"{path} has index format {manifest.get('format_version')}, this code reads "
-                f"{FORMAT_VERSION}; rebuild the index with this version of newarrivals."
-            )
+        manifest = IndexManifest.read(path / MANIFEST_FILE)
         if verify:
-            recorded: dict[str, str] = manifest.get("content_hashes", {})
+            recorded = manifest.content_hashes
             actual = content_hashes(path)
             for name, digest in recorded.items():
                 if name not in actual:
@@ -201,15 +193,15 @@ class IndexVersion:
                         f"recorded {digest[:12]}…; the version was modified after it was built."
                     )
         store = ProductIndex.load(path, use_gpu=use_gpu)
-        if len(store) != manifest["counts"]["indexed"]:
+        if len(store) != manifest.counts.indexed:
             raise IndexIntegrityError(
                 f"{path}: the store holds {len(store)} products but the manifest says "
-                f"{manifest['counts']['indexed']}."
+                f"{manifest.counts.indexed}."
             )
-        if store.dim != manifest["dim"]:
+        if store.dim != manifest.dim:
             raise IndexIntegrityError(
                 f"{path}: the index dimension is {store.dim} but the encoders' fused dimension "
-                f"in the manifest is {manifest['dim']}."
+                f"in the manifest is {manifest.dim}."
             )
         return cls(path=path, manifest=manifest, store=store)
 

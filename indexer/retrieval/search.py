@@ -35,7 +35,8 @@ import numpy.typing as npt
 from newarrivals.indexer.catalog.schema import EventType, Interaction
 from newarrivals.indexer.encoders.fusion import ABSENT_NORM, ConcatLayout, late_fuse
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
-from newarrivals.indexer.index.store import Candidate, ProductIndex, SearchFilter
+from newarrivals.indexer.index.filters import Candidate, SearchFilter
+from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.retrieval.users import (
     DEFAULT_EVENT_WEIGHTS,
     UserVectorConfig,

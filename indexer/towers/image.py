@@ -102,7 +102,7 @@ def align_images(
     """
     from newarrivals.indexer.catalog.readers import read_catalog
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.indexer.index.build import encode_products
+    from newarrivals.indexer.index.encoding import encode_products
 
     text_config = text_config if text_config is not None else TextEncoderConfig()
     if launched_before is not None and launched_before.utcoffset() is None:

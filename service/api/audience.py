@@ -51,7 +51,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+from newarrivals.indexer.index.filters import SearchFilter
+from newarrivals.indexer.index.store import ProductIndex
 
 __all__ = ["AudienceIndex", "AudienceResult", "AudienceUser"]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from newarrivals.indexer.catalog.schema import EventType, Product
 from newarrivals.indexer.errors import NewArrivalsError
-from newarrivals.indexer.index.store import Candidate, SearchFilter
+from newarrivals.indexer.index.filters import Candidate, SearchFilter
 from newarrivals.indexer.retrieval.search import (
     SESSION_USER,
     UserQuery,

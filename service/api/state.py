@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +29,7 @@ from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.encoders import decode_photo
 from newarrivals.indexer.encoders.product import ProductEncoder
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError
+from newarrivals.indexer.index.manifest import IndexManifest
 from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.index.version import IndexVersion
 from newarrivals.indexer.retrieval.search import PopularFallback
@@ -213,7 +214,7 @@ class ServingState:
         return True
 
 
-def resolve_catalog(manifest: Mapping[str, Any], override: Path | None) -> Path:
+def resolve_catalog(manifest: IndexManifest, override: Path | None) -> Path:
     """The catalogue to read: ``override``, else the one recorded in the manifest.
 
     Raises:
@@ -226,13 +227,13 @@ def resolve_catalog(manifest: Mapping[str, Any], override: Path | None) -> Path:
                 "from (NEWARRIVALS_CATALOG or --catalog)."
             )
         return override
-    recorded = (manifest.get("config") or {}).get("catalog")
+    recorded = manifest.catalog
     if not recorded:
         raise ConfigError(
             "the index manifest records no catalogue; pass one with NEWARRIVALS_CATALOG "
             "or --catalog."
         )
-    path = Path(str(recorded))
+    path = Path(recorded)
     if not path.exists():
         raise ConfigError(
             f"the catalogue recorded in the index manifest, {path}, does not exist from "
@@ -245,9 +246,9 @@ def resolve_catalog(manifest: Mapping[str, Any], override: Path | None) -> Path:
 def _cache_root(version: IndexVersion) -> Path:
     """The embedding cache the version was built with (ONNX copies of its encoders live
     there)."""
-    recorded = (version.manifest.get("config") or {}).get("cache_dir")
-    if recorded and Path(str(recorded)).is_dir():
-        return Path(str(recorded))
+    recorded = version.manifest.cache_dir
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
     return version.path.parent / "cache"
 
 

@@ -11,7 +11,7 @@ from newarrivals.indexer import NewArrivalsError
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.encoders import TextEncoderConfig
-from newarrivals.indexer.index.store import Candidate, SearchFilter
+from newarrivals.indexer.index.filters import Candidate, SearchFilter
 
 __all__ = [
     "add_query_filters",

@@ -190,7 +190,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     version = IndexVersion.load(args.index, verify=False)
-    manifest = {k: v for k, v in version.manifest.items() if k != "content_hashes"}
+    manifest = {k: v for k, v in version.manifest.to_dict().items() if k != "content_hashes"}
     print(json.dumps(manifest, indent=2))
     return 0
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from newarrivals.indexer import CatalogError, IndexIntegrityError
-from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.writers import write_catalog
 from newarrivals.indexer.encoders import (
     FusionConfig,
     TextEncoder,
 )
 from newarrivals.indexer.index.build import BuildConfig, build_index
-from newarrivals.indexer.index.store import SearchFilter
+from newarrivals.indexer.index.filters import SearchFilter
 from newarrivals.indexer.index.version import LATEST_FILE, IndexVersion, latest_version
 from newarrivals.indexer.retrieval.search import retrieve_for_user, similar_products
 from newarrivals.indexer.retrieval.users import UserVectors
@@ -30,20 +31,27 @@ def catalog_copy(synth_dir: Path, config: BuildConfig) -> Path:
 def test_build_publishes_a_consistent_version(config: BuildConfig, catalog_copy: Path) -> None:
     summary = build_index(config)
     catalog = read_catalog(catalog_copy)
-    assert summary.products_read == len(catalog.products)
-    assert summary.indexed + summary.content_rejects == summary.products_read
-    assert summary.with_text > 0 and summary.with_image > 0 and summary.with_both > 0
+    assert summary.counts.products_read == len(catalog.products)
+    assert summary.counts.indexed + summary.counts.content_rejects == summary.counts.products_read
+    assert (
+        summary.counts.with_text > 0
+        and summary.counts.with_image > 0
+        and summary.counts.with_both > 0
+    )
     # Text-only and photo-only products are both indexed (the synthetic catalogue has both).
-    assert summary.with_text > summary.with_both and summary.with_image > summary.with_both
+    assert (
+        summary.counts.with_text > summary.counts.with_both
+        and summary.counts.with_image > summary.counts.with_both
+    )
     assert (config.out / LATEST_FILE).read_text().strip() == summary.version_dir.name
     version = IndexVersion.load(config.out)
     assert version.path == summary.version_dir
-    assert len(version.store) == summary.indexed
+    assert len(version.store) == summary.counts.indexed
     assert version.dim == 32 + 24  # concat of the tiny text and image towers
     m = version.manifest
-    assert m["encoders"]["image"]["trained"] is True
-    assert m["counts"]["indexed"] == summary.indexed
-    assert "numpy" in m["libraries"] and m["content_hashes"]
+    assert m.encoders.image is not None and m.encoders.image.trained is True
+    assert m.counts.indexed == summary.counts.indexed
+    assert "numpy" in m.libraries and m.content_hashes
     assert not list(config.out.glob(".tmp-*"))
 
 
@@ -111,9 +119,9 @@ def test_bad_rows_are_quarantined_and_the_rest_indexed(
     n_lines = len(products_file.read_text().splitlines())
 
     summary = build_index(config)
-    assert summary.rejected_rows == 2
-    assert summary.image_rejects == 2
-    assert summary.content_rejects >= 1
+    assert summary.counts.rejected_rows == 2
+    assert summary.counts.image_rejects == 2
+    assert summary.counts.content_rejects >= 1
     rejects = [json.loads(line) for line in summary.rejects_file.read_text().splitlines()]
     price = next(r for r in rejects if "abc" in r["reason"])
     assert price["line"] == n_lines - 1 and price["path"].endswith("products.jsonl")
@@ -146,9 +154,9 @@ def test_empty_index_root_explains(tmp_path: Path) -> None:
 
 def test_text_only_and_image_only_builds(config: BuildConfig, catalog_copy: Path) -> None:
     text_only = build_index(replace(config, image=None, out=config.out / "t"))
-    assert text_only.with_image == 0 and IndexVersion.load(config.out / "t").dim == 32
+    assert text_only.counts.with_image == 0 and IndexVersion.load(config.out / "t").dim == 32
     image_only = build_index(replace(config, text=None, out=config.out / "i"))
-    assert image_only.with_text == 0 and IndexVersion.load(config.out / "i").dim == 24
+    assert image_only.counts.with_text == 0 and IndexVersion.load(config.out / "i").dim == 24
 
 
 def _recall_at(ranked: list[str], truth: set[str], k: int) -> float:

@@ -415,7 +415,7 @@ def test_cli_evaluate_writes_json_markdown_png(
 
 
 def test_generic_catalogue_needs_a_cutoff(tmp_path: Path) -> None:
-    from newarrivals.indexer.catalog.readers import write_catalog
+    from newarrivals.indexer.catalog.writers import write_catalog
     from newarrivals.indexer.evaluation import EvaluateConfig, evaluate
 
     write_catalog(_tiny_catalog(), tmp_path / "cat")

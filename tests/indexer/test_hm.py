@@ -283,9 +283,9 @@ def test_hm_layout_indexes_text_only_image_only_and_both(
     store = IndexVersion.load(summary.version_dir).store
     for product_id in ("0100001001", "0100001002", "0200002001", "0300003001"):
         assert product_id in store
-    assert summary.with_both >= 2  # own text + photo, sibling text + photo
-    assert summary.with_image - summary.with_both >= 1  # 0200002001: photo only
-    assert summary.with_text - summary.with_both >= 1  # 0300003001: text only
+    assert summary.counts.with_both >= 2  # own text + photo, sibling text + photo
+    assert summary.counts.with_image - summary.counts.with_both >= 1  # 0200002001: photo only
+    assert summary.counts.with_text - summary.counts.with_both >= 1  # 0300003001: text only
 
 
 @pytest.mark.slow
@@ -297,7 +297,9 @@ def test_real_hm_sample_indexes(tmp_path: Path) -> None:
     summary = build_index(
         BuildConfig(catalog=REAL_HM, out=tmp_path / "index", device="cpu", progress=False)
     )
-    assert summary.indexed == summary.products_read
-    assert summary.with_image == 17_033
-    assert summary.with_image - summary.with_both == 9_906  # photo only
-    assert summary.with_text - summary.with_both > 0  # listed, never bought: text only
+    assert summary.counts.indexed == summary.counts.products_read
+    assert summary.counts.with_image == 17_033
+    assert summary.counts.with_image - summary.counts.with_both == 9_906  # photo only
+    assert (
+        summary.counts.with_text - summary.counts.with_both > 0
+    )  # listed, never bought: text only

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from newarrivals.indexer.catalog.readers import read_catalog, write_catalog
+from newarrivals.indexer.catalog.readers import read_catalog
+from newarrivals.indexer.catalog.writers import write_catalog
 from newarrivals.indexer.encoders import (
     ImageEncoder,
     ImageEncoderConfig,
@@ -140,16 +141,20 @@ def test_refresh_encodes_changes_with_the_copies_and_matches_torch(
 ) -> None:
     shutil.copytree(synth_dir, config.catalog)
     first = IndexVersion.load(build_index(config).version_dir)
-    assert first.manifest["encoders"]["text"]["runtime"] == "torch"
+    assert first.manifest.encoders.text is not None
+    assert first.manifest.encoders.text.runtime == "torch"
     changed = _change_titles(config.catalog, every=10)
     second = IndexVersion.load(build_index(config).version_dir)
-    assert second.manifest["encoders"]["text"]["runtime"] == "onnx"
-    assert second.manifest["encoders"]["image"]["runtime"] == "onnx"
-    assert second.manifest["stats"]["text"]["encoded"] == len(changed)
+    assert second.manifest.encoders.text is not None
+    assert second.manifest.encoders.text.runtime == "onnx"
+    assert second.manifest.encoders.image is not None
+    assert second.manifest.encoders.image.runtime == "onnx"
+    assert second.manifest.stats["text"]["encoded"] == len(changed)
     # The same catalogue built with torch only, in a fresh cache, gives the same vectors.
     torch_cfg = replace(config, out=config.out.parent / "torch-index", encoder_runtime="torch")
     reference = IndexVersion.load(build_index(torch_cfg).version_dir)
-    assert reference.manifest["encoders"]["text"]["runtime"] == "torch"
+    assert reference.manifest.encoders.text is not None
+    assert reference.manifest.encoders.text.runtime == "torch"
     ids = second.store.product_ids()
     np.testing.assert_allclose(
         second.store.vectors_for(ids), reference.store.vectors_for(ids), atol=1e-4

@@ -12,13 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from newarrivals.indexer.catalog.readers import (
-    read_catalog,
-    read_interactions,
-    read_products,
-    write_catalog,
-    write_rejects,
-)
+from newarrivals.indexer.catalog.readers import read_catalog, read_interactions, read_products
 from newarrivals.indexer.catalog.schema import (
     Catalog,
     EventType,
@@ -28,6 +22,7 @@ from newarrivals.indexer.catalog.schema import (
     SourceRef,
     TextSource,
 )
+from newarrivals.indexer.catalog.writers import write_catalog, write_rejects
 from newarrivals.indexer.errors import CatalogError, ConfigError
 
 FORMATS = ["jsonl", "csv", "parquet"]

@@ -20,7 +20,8 @@ from newarrivals.indexer.errors import (
     UnknownProductError,
 )
 from newarrivals.indexer.index.ann import AnnConfig
-from newarrivals.indexer.index.store import Candidate, ProductIndex, SearchFilter
+from newarrivals.indexer.index.filters import Candidate, SearchFilter
+from newarrivals.indexer.index.store import ProductIndex
 
 N, DIM, K = 3000, 32, 10
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

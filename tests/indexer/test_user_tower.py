@@ -26,7 +26,8 @@ from newarrivals.indexer.catalog.synth import (
     generate,
 )
 from newarrivals.indexer.index.ann import AnnConfig
-from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+from newarrivals.indexer.index.filters import SearchFilter
+from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.retrieval.search import (
     PopularFallback,
     PopularFallbackConfig,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig, fuse
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.protocol import split_catalog
+from newarrivals.indexer.index.manifest import FORMAT_VERSION, IndexCounts, IndexManifest
 from newarrivals.indexer.retrieval.users import UserVectorConfig
 from newarrivals.ranker.blend import Blend
 from newarrivals.ranker.evaluation import concat_vectors, feature_columns
@@ -28,15 +30,30 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return out
 
 
-def _manifest(fusion: dict[str, Any] | None = None, image: bool = True) -> dict[str, Any]:
-    encoders: dict[str, Any] = {"text": {"dim": DT}}
-    if image:
-        encoders["image"] = {"dim": DI}
-    return {
-        "fusion": fusion or FusionConfig().to_dict(),
-        "encoders": encoders,
-        "dim": DT + (DI if image else 0),
-    }
+def _manifest(fusion: dict[str, Any] | None = None, image: bool = True) -> IndexManifest:
+    record = {"model": "tiny", "runtime": "torch"}
+    counts = dict.fromkeys(IndexCounts.__dataclass_fields__, 0)
+    return IndexManifest.from_dict(
+        {
+            "format_version": FORMAT_VERSION,
+            "version": "v1",
+            "built_at": CUTOFF.isoformat(),
+            "dim": DT + (DI if image else 0),
+            "counts": counts,
+            "encoders": {
+                "text": {**record, "id": "text", "dim": DT},
+                "image": {**record, "id": "image", "dim": DI, "pretrained": None, "trained": True}
+                if image
+                else None,
+            },
+            "fusion": fusion or FusionConfig().to_dict(),
+            "ann": {},
+            "device": "cpu",
+            "config": {},
+            "libraries": {},
+            "stats": {},
+        }
+    )
 
 
 def test_layout_reads_each_modality_back_out_of_the_fused_vector() -> None:
@@ -54,7 +71,7 @@ def test_layout_reads_each_modality_back_out_of_the_fused_vector() -> None:
     with pytest.raises(ConfigError, match="concat fusion"):
         ConcatLayout.from_manifest(_manifest({"mode": "sum"}))
     with pytest.raises(ConfigError, match="do not add up"):
-        ConcatLayout.from_manifest({**_manifest(), "dim": 99})
+        ConcatLayout.from_manifest(replace(_manifest(), dim=99))
 
 
 def _eval_data() -> EvalData:
@@ -167,7 +184,8 @@ def test_request_blend_orders_by_its_weighted_features() -> None:
 
 def test_late_max_search_is_the_evaluations_fused_late_max_over_the_index() -> None:
     from newarrivals.indexer.index.ann import AnnConfig
-    from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+    from newarrivals.indexer.index.filters import SearchFilter
+    from newarrivals.indexer.index.store import ProductIndex
     from newarrivals.indexer.retrieval.search import late_max_search
 
     data = _eval_data()

@@ -10,7 +10,7 @@ import pytest
 
 from newarrivals.indexer.catalog.schema import EventType, Product
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
-from newarrivals.indexer.index.store import Candidate
+from newarrivals.indexer.index.filters import Candidate
 from newarrivals.ranker import (
     CrossEncoderRanker,
     RankerConfig,

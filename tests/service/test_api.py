@@ -547,7 +547,7 @@ def test_late_max_retrieval_serves_the_evaluations_best_first_stage(
     import shutil
 
     from newarrivals.indexer.encoders.fusion import ConcatLayout
-    from newarrivals.indexer.index.store import SearchFilter
+    from newarrivals.indexer.index.filters import SearchFilter
     from newarrivals.indexer.index.version import IndexVersion, latest_version
     from newarrivals.indexer.retrieval.search import late_max_search
     from newarrivals.ranker.blend import Blend

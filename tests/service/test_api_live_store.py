@@ -9,7 +9,8 @@ import pytest
 
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.index.ann import AnnConfig
-from newarrivals.indexer.index.store import ProductIndex, SearchFilter
+from newarrivals.indexer.index.filters import SearchFilter
+from newarrivals.indexer.index.store import ProductIndex
 
 
 def _product(pid: str, rng: np.random.Generator) -> Product:

@@ -65,7 +65,7 @@ def reload(
     summary="The served version and its manifest",
 )
 def version(runtime: RuntimeDep, state: StateDep) -> VersionPublic:
-    manifest = {k: v for k, v in state.version.manifest.items() if k != "content_hashes"}
+    manifest = {k: v for k, v in state.version.manifest.to_dict().items() if k != "content_hashes"}
     with state.lock.read():
         products, users, seq = len(state.store), len(state.users), state.applied_seq
     return VersionPublic(

@@ -67,16 +67,14 @@ def index_status(state: StateDep, runtime: RuntimeDep) -> IndexStatusPublic:
         launches = [p.launched_at for p in state.products.values() if p.launched_at]
         products, users = len(state.store), len(state.users.user_ids())
     newest = max(launches) if launches else None
-    image = (manifest.get("encoders") or {}).get("image") or {}
+    image = manifest.encoders.image
     return IndexStatusPublic(
         version=state.version.version,
         products=products,
         users=users,
-        built_at=manifest.get("built_at"),
-        build_seconds=sum(
-            float(s.get("seconds", 0.0)) for s in (manifest.get("stats") or {}).values()
-        ),
-        image_model=image.get("model"),
+        built_at=manifest.built_at,
+        build_seconds=manifest.stage_seconds,
+        image_model=None if image is None else image.model,
         ranker_loaded=runtime.ranker is not None,
         journal_seq=state.applied_seq,
         new_arrivals_after=(newest - timedelta(days=NEW_ARRIVAL_DAYS)).date() if newest else None,
