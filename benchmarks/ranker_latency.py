@@ -64,25 +64,16 @@ import numpy as np
 
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.index.store import Candidate
-from newarrivals.ranker import (
-    CrossEncoderRanker,
-    Ranker,
-    RankerConfig,
-    RankerTrainConfig,
-    StudentConfig,
-    TrainingList,
-    build_student,
-    build_training_lists,
-    configure_threads,
-    expected_calibration_error,
-    export_onnx,
-    load_ranker,
-    ndcg_at_k,
-    softmax,
-)
+from newarrivals.ranker import Ranker, RankerConfig, load_ranker, softmax
 from newarrivals.ranker.base import DEFAULT_CACHE_SIZE
-from newarrivals.ranker.distill import cold_start_lists, replay_lists
-from newarrivals.ranker.model import TorchPairRanker, read_manifest
+from newarrivals.ranker.config import RankerTrainConfig
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker, TorchPairRanker, read_manifest
+from newarrivals.ranker.export import export_onnx
+from newarrivals.ranker.onnx_sessions import configure_threads
+from newarrivals.ranker.training.lists import TrainingList, build_training_lists
+from newarrivals.ranker.training.metrics import expected_calibration_error, ndcg_at_k
+from newarrivals.ranker.training.student_init import StudentConfig, build_student
+from newarrivals.ranker.training.teacher_lists import cold_start_lists, replay_lists
 
 SIZES = (20, 50, 100)
 
@@ -191,8 +182,8 @@ def _eval_lists(
     max_items = RankerConfig.from_dict(manifest["config"]).max_context_items
     if training.get("lists") == "cold-start":
         from newarrivals.indexer.encoders import TextEncoderConfig
-        from newarrivals.ranker.evaluation import encode_product_vectors
-        from newarrivals.ranker.trainer import ColdStartListConfig
+        from newarrivals.ranker.training.cold_start import ColdStartListConfig
+        from newarrivals.ranker.training.features import encode_product_vectors
 
         cutoff = datetime.fromisoformat(str(training["cutoff"]))
         tower = training.get("image_tower")

@@ -167,7 +167,7 @@ def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
     """Run every preparation step (or reuse it) and return where the pieces are."""
     from newarrivals.indexer.evaluation import EvaluateConfig, evaluate, resolve_profile
     from newarrivals.indexer.towers.image import ImageTowerConfig, align_images
-    from newarrivals.ranker.online import SERVING_RETRIEVAL
+    from newarrivals.ranker.serving.request import SERVING_RETRIEVAL
 
     t_start = time.perf_counter()
     work = config.workdir
@@ -308,7 +308,7 @@ def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
     table = table_file.read_text() if table_file.is_file() else ""
     say(table)
 
-    from newarrivals.ranker.model import MANIFEST_FILE as RANKER_MANIFEST
+    from newarrivals.ranker.crossencoder.model import MANIFEST_FILE as RANKER_MANIFEST
 
     # 6. The API key for the write/admin routes and the page's user views.
     key_file = work / "api_key"
@@ -347,7 +347,7 @@ def _train_ranker(
     It goes through the ``train-ranker`` and ``distill-ranker`` commands so the demo runs
     exactly what a user would type (printed here), not a second copy of their logic.
     """
-    from newarrivals.ranker.online import SERVING_RETRIEVAL
+    from newarrivals.ranker.serving.request import SERVING_RETRIEVAL
     from newarrivals.service.cli import main
 
     teacher = out.parent / "ranker-teacher"

@@ -12,7 +12,7 @@ from newarrivals.indexer.encoders import TextEncoderConfig
 
 if TYPE_CHECKING:
     from newarrivals.indexer.evaluation import EvaluationReport
-    from newarrivals.ranker.evaluation import TwoStageRun
+    from newarrivals.ranker.two_stage import TwoStageRun
 
 
 __all__ = ["add_parsers"]
@@ -122,9 +122,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _two_stage_run(args: argparse.Namespace) -> TwoStageRun:
     """The two-stage rows of ``evaluate --ranker``."""
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.ranker import configure_threads, load_ranker
+    from newarrivals.ranker import load_ranker
     from newarrivals.ranker.blend import Blend
-    from newarrivals.ranker.evaluation import RankerLike, TwoStageConfig, TwoStageRun
+    from newarrivals.ranker.onnx_sessions import configure_threads
+    from newarrivals.ranker.two_stage import RankerLike, TwoStageConfig, TwoStageRun
 
     try:
         depths = tuple(int(d) for d in str(args.rerank_n).split(",") if d.strip())
@@ -153,7 +154,7 @@ def _two_stage_run(args: argparse.Namespace) -> TwoStageRun:
 def _print_rerank(report: EvaluationReport, run: TwoStageRun, reports: Path) -> None:
     """Paired margins of the two-stage rows over retrieval alone, and diversity; saved as
     ``rerank-<dataset>.json`` next to the evaluation report."""
-    from newarrivals.ranker.evaluation import rerank_margins
+    from newarrivals.ranker.two_stage import rerank_margins
 
     margins = rerank_margins(report.results, run)
     print(f"\ntwo-stage margins, paired over {run.user_mask.sum()} users:")

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from newarrivals.indexer.catalog.schema import Interaction
     from newarrivals.indexer.evaluation import ProductVectors
-    from newarrivals.ranker import RankerTrainConfig
-    from newarrivals.ranker.trainer import ColdStartListConfig
+    from newarrivals.ranker.config import RankerTrainConfig
+    from newarrivals.ranker.training.cold_start import ColdStartListConfig
 
 
 __all__ = ["add_parsers"]
@@ -121,9 +121,11 @@ def _cmd_train_ranker(args: argparse.Namespace) -> int:
     # Imported here: torch and transformers are slow to import and only this command trains.
     from newarrivals.indexer.device import resolve_device
     from newarrivals.indexer.evaluation import EvaluateConfig, parse_events, resolve_profile
-    from newarrivals.ranker import RankerConfig, RankerTrainConfig, fit_ranker
-    from newarrivals.ranker.evaluation import encode_product_vectors
-    from newarrivals.ranker.trainer import ColdStartListConfig, fit_cold_start_ranker
+    from newarrivals.ranker import RankerConfig
+    from newarrivals.ranker.config import RankerTrainConfig
+    from newarrivals.ranker.training.cold_start import ColdStartListConfig
+    from newarrivals.ranker.training.features import encode_product_vectors
+    from newarrivals.ranker.training.fit import fit_cold_start_ranker, fit_ranker
 
     if args.threads is not None:
         import torch
@@ -234,7 +236,8 @@ def _blend_only(
 ) -> int:
     """``train-ranker --blend-only``: a blend for the ranker in ``--out``, nothing trained."""
     from newarrivals.ranker import PairRanker, load_ranker
-    from newarrivals.ranker.trainer import blend_for_ranker, build_cold_start_lists
+    from newarrivals.ranker.training.cold_start import build_cold_start_lists
+    from newarrivals.ranker.training.rerank_blend import blend_for_ranker
 
     ranker = load_ranker(args.out, device=train_config.device)
     if not isinstance(ranker, PairRanker):
@@ -317,19 +320,15 @@ def _add_distill_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def _cmd_distill_ranker(args: argparse.Namespace) -> int:
     # Imported here: torch and transformers are slow to import and only this command uses them.
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.ranker import (
-        CrossEncoderRanker,
-        DistillConfig,
-        RankerTrainConfig,
-        StudentConfig,
-        configure_threads,
-        export_onnx,
-        fit_student,
-    )
-    from newarrivals.ranker.distill import cold_start_lists, replay_lists
-    from newarrivals.ranker.evaluation import encode_product_vectors
-    from newarrivals.ranker.model import read_manifest
-    from newarrivals.ranker.trainer import ColdStartListConfig
+    from newarrivals.ranker.config import RankerTrainConfig
+    from newarrivals.ranker.crossencoder.model import CrossEncoderRanker, read_manifest
+    from newarrivals.ranker.export import export_onnx
+    from newarrivals.ranker.onnx_sessions import configure_threads
+    from newarrivals.ranker.training.cold_start import ColdStartListConfig
+    from newarrivals.ranker.training.distill import DistillConfig, fit_student
+    from newarrivals.ranker.training.features import encode_product_vectors
+    from newarrivals.ranker.training.student_init import StudentConfig
+    from newarrivals.ranker.training.teacher_lists import cold_start_lists, replay_lists
 
     configure_threads(args.threads)
     device = resolve_device(args.device)

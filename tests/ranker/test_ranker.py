@@ -11,26 +11,19 @@ import pytest
 from newarrivals.indexer.catalog.schema import EventType, Product
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
 from newarrivals.indexer.index.store import Candidate
-from newarrivals.ranker import (
-    CrossEncoderRanker,
-    RankerConfig,
-    RankerTrainConfig,
-    RankerTrainingReport,
-    RankingInputError,
-    build_training_lists,
-    context_item_text,
+from newarrivals.ranker import RankerConfig, RankingInputError, context_item_text, softmax
+from newarrivals.ranker.config import RankerTrainConfig
+from newarrivals.ranker.context import pair_batch
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker
+from newarrivals.ranker.serving.mmr import intra_list_diversity, mmr_order, mmr_rerank
+from newarrivals.ranker.training.lists import build_training_lists, split_by_user
+from newarrivals.ranker.training.metrics import (
     expected_calibration_error,
     fit_temperature,
-    intra_list_diversity,
     list_nll,
-    mmr_order,
-    mmr_rerank,
     ndcg_at_k,
-    softmax,
-    split_by_user,
-    train_ranker,
 )
-from newarrivals.ranker.context import pair_batch
+from newarrivals.ranker.training.trainer import RankerTrainingReport, train_ranker
 
 from .conftest import COLOURS, Shop
 

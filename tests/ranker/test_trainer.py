@@ -13,7 +13,7 @@ import pytest
 from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.methods import ProductVectors
-from newarrivals.ranker import CrossEncoderRanker, RankerConfig, RankerTrainConfig
+from newarrivals.ranker import RankerConfig
 from newarrivals.ranker.blend import (
     Blend,
     BlendList,
@@ -21,19 +21,18 @@ from newarrivals.ranker.blend import (
     holdout_warning,
     standardise,
 )
-from newarrivals.ranker.trainer import (
+from newarrivals.ranker.config import RankerTrainConfig
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker
+from newarrivals.ranker.training.cold_start import (
     ColdStartListConfig,
     ColdStartLists,
-    RankerTrainingReport,
-    RerankReport,
-    blend_for_ranker,
     build_cold_start_lists,
-    fit_cold_start_ranker,
-    list_nll,
-    open_cls,
-    rerank_ndcg,
-    split_by_user,
 )
+from newarrivals.ranker.training.fit import fit_cold_start_ranker
+from newarrivals.ranker.training.lists import split_by_user
+from newarrivals.ranker.training.metrics import list_nll, rerank_ndcg
+from newarrivals.ranker.training.rerank_blend import RerankReport, blend_for_ranker
+from newarrivals.ranker.training.trainer import RankerTrainingReport, open_cls
 
 from .conftest import COLOURS, GARMENTS
 
@@ -436,7 +435,7 @@ def test_list_nll_of_a_constant_scorer_is_log_list_size() -> None:
 def test_early_stopping_keeps_the_best_and_ignores_warmup_epochs() -> None:
     import torch
 
-    from newarrivals.ranker.trainer import EarlyStopping
+    from newarrivals.ranker.training.trainer import EarlyStopping
 
     model = torch.nn.Linear(2, 1)
     stopping = EarlyStopping(model, 0.5, patience=2)
