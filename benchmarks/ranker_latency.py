@@ -56,22 +56,25 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from newarrivals.indexer.catalog.schema import Product
+from newarrivals.indexer.evaluation.run import DEFAULT_CACHE
 from newarrivals.indexer.index.store import Candidate
 from newarrivals.ranker import Ranker, RankerConfig, load_ranker, softmax
 from newarrivals.ranker.base import DEFAULT_CACHE_SIZE
-from newarrivals.ranker.config import RankerTrainConfig
 from newarrivals.ranker.crossencoder.model import CrossEncoderRanker, TorchPairRanker, read_manifest
 from newarrivals.ranker.export import export_onnx
 from newarrivals.ranker.onnx_sessions import configure_threads
+from newarrivals.ranker.training.cold_start import ColdStartListConfig
+from newarrivals.ranker.training.features import encode_product_vectors
 from newarrivals.ranker.training.lists import TrainingList, build_training_lists
 from newarrivals.ranker.training.metrics import expected_calibration_error, ndcg_at_k
+from newarrivals.ranker.training.pipeline import list_text_encoder
+from newarrivals.ranker.training.record import read_training_record
 from newarrivals.ranker.training.student_init import StudentConfig, build_student
 from newarrivals.ranker.training.teacher_lists import cold_start_lists, replay_lists
 
@@ -171,8 +174,8 @@ def _eval_lists(
     if teacher_dir is None:
         return []
     manifest = read_manifest(teacher_dir)
-    training = manifest.get("training", {})
-    base = RankerTrainConfig.from_dict({**training.get("train_config", {}), "device": "cpu"})
+    record = read_training_record(teacher_dir)
+    base = replace(record.train_config, device="cpu")
     wide = replace(
         base,
         retrieval_candidates=max(50, base.retrieval_candidates),
@@ -180,22 +183,17 @@ def _eval_lists(
         random_negatives=4,
     )
     max_items = RankerConfig.from_dict(manifest["config"]).max_context_items
-    if training.get("lists") == "cold-start":
-        from newarrivals.indexer.encoders import TextEncoderConfig
-        from newarrivals.ranker.training.cold_start import ColdStartListConfig
-        from newarrivals.ranker.training.features import encode_product_vectors
-
-        cutoff = datetime.fromisoformat(str(training["cutoff"]))
-        tower = training.get("image_tower")
+    if record.cold_start and record.cutoff is not None:
+        cutoff = record.cutoff
         known = [p for p in products.values() if p.launched_at is None or p.launched_at < cutoff]
         vectors = encode_product_vectors(
             known,
-            text=TextEncoderConfig(),
-            image_tower=Path(tower) if tower else None,
-            cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
+            text=list_text_encoder(record.text_model),
+            image_tower=Path(record.image_tower) if record.image_tower else None,
+            cache_dir=(args.cache_dir or DEFAULT_CACHE).expanduser(),
             device="cpu",
         )
-        recipe = ColdStartListConfig(**training.get("lists_config", {}))
+        recipe = record.lists_config or ColdStartListConfig()
         _, _, holdout = cold_start_lists(
             events, products, vectors, cutoff, base, recipe, max_context_items=max_items
         )

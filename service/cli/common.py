@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from newarrivals.indexer import NewArrivalsError
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Product
-from newarrivals.indexer.encoders import TextEncoderConfig
 from newarrivals.indexer.index.store import Candidate, SearchFilter
 
 if TYPE_CHECKING:
@@ -22,17 +21,9 @@ __all__ = [
     "add_query_filters",
     "catalog_titles",
     "filter_from",
-    "list_text_config",
     "print_candidates",
     "utc_day",
 ]
-
-
-def list_text_config(name: str | None) -> TextEncoderConfig | None:
-    """The text encoder of cold-start lists: ``None`` the bundled MiniLM, ``"none"`` none."""
-    if name == "none":
-        return None
-    return TextEncoderConfig(model=name) if name else TextEncoderConfig()
 
 
 def utc_day(flag: str, value: str | None) -> datetime | None:
