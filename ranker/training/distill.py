@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
+from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
 from newarrivals.indexer.validation import (
     require_int,
     require_known_fields,
@@ -49,7 +50,6 @@ from newarrivals.ranker.training.metrics import (
     expected_calibration_error,
     fit_temperature,
     list_nll,
-    ndcg_at_k,
 )
 from newarrivals.ranker.training.student_init import StudentConfig, build_student
 from newarrivals.ranker.training.trainer import EarlyStopping, list_scores, optimiser_step
@@ -339,7 +339,7 @@ def distill_ranker(
     t_train_cal = t_train / teacher.temperature
     t_val_cal = t_val / teacher.temperature
     val_pos = np.asarray([lst.positive for lst in val_lists], dtype=np.int64)
-    teacher_ndcg = ndcg_at_k(t_val, val_pos, config.ndcg_k)
+    teacher_ndcg = one_relevant_ndcg_at_k(t_val, val_pos, config.ndcg_k)
     logger.info(
         "teacher scored %d lists of %d in %.1fs; teacher val NDCG@%d %.4f",
         len(train_lists) + len(val_lists),
@@ -356,7 +356,13 @@ def distill_ranker(
     def validate() -> tuple[float, float, float, float, FloatArray]:
         s = _scores(student, val_lists, tokens, size, config.batch_lists * 2)
         rho, top1 = rank_agreement(s, t_val)
-        return ndcg_at_k(s, val_pos, config.ndcg_k), rho, top1, _mean_kl(t_val_cal, s), s
+        return (
+            one_relevant_ndcg_at_k(s, val_pos, config.ndcg_k),
+            rho,
+            top1,
+            _mean_kl(t_val_cal, s),
+            s,
+        )
 
     ndcg_before, rho_before, top1_before, kl_before, _ = validate()
     stopping = EarlyStopping(model, ndcg_before, config.patience)

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.evaluation.metrics import ndcg_at_k
 from newarrivals.ranker.training.lists import RerankList
 
-__all__ = ["expected_calibration_error", "fit_temperature", "list_nll", "ndcg_at_k", "rerank_ndcg"]
+__all__ = ["expected_calibration_error", "fit_temperature", "list_nll", "rerank_ndcg"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,32 +36,17 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 
-def ndcg_at_k(scores: FloatArray, positives: IntArray, k: int) -> float:
-    """Mean NDCG@k over lists with one relevant item each (ties averaged)."""
-    if scores.shape[0] == 0:
-        return 0.0
-    pos = scores[np.arange(scores.shape[0]), positives][:, None]
-    above = (scores > pos).sum(axis=1)
-    tied = (scores == pos).sum(axis=1)  # includes the positive itself
-    total = 0.0
-    for a, t in zip(above.tolist(), tied.tolist(), strict=True):
-        ranks = range(a + 1, a + t + 1)
-        total += sum(1.0 / math.log2(1 + r) for r in ranks if r <= k) / t
-    return total / int(scores.shape[0])
-
-
 def rerank_ndcg(scores: Sequence[FloatArray], lists: Sequence[RerankList], k: int) -> float:
     """Mean NDCG@k of re-rank lists ordered by ``scores`` (one array per list; ties keep the
-    list's retrieval order), ideal DCG over each user's items in the window."""
+    list's retrieval order), ideal DCG over each user's items in the window: the
+    evaluation's :func:`~newarrivals.indexer.evaluation.metrics.ndcg_at_k` per list."""
     if not lists:
         return math.nan
-    discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
     total = 0.0
     for s, lst in zip(scores, lists, strict=True):
         order = np.argsort(-np.asarray(s, dtype=np.float64), kind="stable")[:k]
-        hits = np.asarray(lst.relevant, dtype=np.float64)[order]
-        ideal = discounts[: min(lst.n_relevant, k)].sum()
-        total += float(hits @ discounts[: len(hits)]) / ideal if ideal > 0 else 0.0
+        hits = np.asarray(lst.relevant, dtype=np.bool_)[order][None, :]
+        total += float(ndcg_at_k(hits, np.asarray([lst.n_relevant], dtype=np.int64), k)[0])
     return total / len(lists)
 
 

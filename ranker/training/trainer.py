@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import CatalogError
+from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
 from newarrivals.ranker.base import PairRanker, softmax
 from newarrivals.ranker.config import RankerTrainConfig
 from newarrivals.ranker.context import candidate_text, context_text, encode_texts
@@ -44,7 +45,6 @@ from newarrivals.ranker.training.metrics import (
     expected_calibration_error,
     fit_temperature,
     list_nll,
-    ndcg_at_k,
 )
 
 __all__ = [
@@ -363,9 +363,13 @@ def train_ranker(
         )
 
     def ndcg_or_nan(scores: FloatArray | None, positives: IntArray) -> float:
-        return math.nan if scores is None or not len(positives) else ndcg_at_k(scores, positives, k)
+        return (
+            math.nan
+            if scores is None or not len(positives)
+            else one_relevant_ndcg_at_k(scores, positives, k)
+        )
 
-    ndcg_before = ndcg_at_k(scores_of(val_lists), val_pos, k)
+    ndcg_before = one_relevant_ndcg_at_k(scores_of(val_lists), val_pos, k)
     holdout_before = ndcg_or_nan(scores_of(holdout_lists), hold_pos)
     # No epoch better than the model as it came: keep it as it came (before open_cls).
     stopping = EarlyStopping(model, ndcg_before, config.patience)
@@ -412,7 +416,7 @@ def train_ranker(
                     out_of_time = True
                     break
             model.eval()
-            val_ndcg = ndcg_at_k(scores_of(val_lists), val_pos, k)
+            val_ndcg = one_relevant_ndcg_at_k(scores_of(val_lists), val_pos, k)
             record = EpochRecord(epoch, float(np.mean(losses)), val_ndcg, time.perf_counter() - t0)
             history.append(record)
             logger.info(
@@ -433,7 +437,7 @@ def train_ranker(
                 break
     stopping.restore(model)
     val_scores = scores_of(val_lists)
-    ndcg_after = ndcg_at_k(val_scores, val_pos, k)
+    ndcg_after = one_relevant_ndcg_at_k(val_scores, val_pos, k)
     temperature = fit_temperature(val_scores, val_pos)
     ranker.temperature = temperature
     hold_scores = scores_of(holdout_lists) if holdout_lists else None
