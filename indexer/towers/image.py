@@ -71,6 +71,7 @@ from newarrivals.indexer.encoders import (
 )
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.index.version import library_versions
+from newarrivals.indexer.towers.training_loop import EpochOutcome, TimeBudget, run_epochs
 from newarrivals.indexer.validation import (
     require_fraction,
     require_int,
@@ -900,28 +901,19 @@ def train_image_tower(
     # A last batch of one has no negative: drop it (its photo comes up again next epoch).
     steps_per_epoch = math.ceil(n_train / bs) if n_train % bs != 1 else n_train // bs
     total_steps = steps_per_epoch * config.max_epochs
-    budget = config.max_minutes * 60.0
 
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-    best_state = snapshot()
-    best_r10 = valid_initial.get("R@10", -1.0)
-    best_epoch, stale, step, seen = 0, 0, 0, 0
-    epochs_done, step_seconds = 0.0, 0.0
-    t0 = time.perf_counter()
+    step, seen, step_seconds = 0, 0, 0.0
     model.train()
     bar = tqdm(total=None, desc="align", unit="step", disable=not progress)
-    stop = False
-    for epoch in range(1, config.max_epochs + 1):
+
+    def run_epoch(epoch: int, budget: TimeBudget) -> EpochOutcome[None]:
+        nonlocal step, seen, step_seconds
         perm = torch.randperm(n_train, generator=generator)
         for b in range(steps_per_epoch):
-            elapsed = time.perf_counter() - t0
-            if elapsed >= budget:
-                stop = True
+            if budget.expired():
                 break
             t_step = time.perf_counter()
-            lr = _lr_at(config, step, max(elapsed / budget, step / total_steps))
+            lr = _lr_at(config, step, max(budget.fraction(), step / total_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             pos = perm[b * bs : (b + 1) * bs]
@@ -951,24 +943,26 @@ def train_image_tower(
                 bar.set_postfix(
                     epoch=epoch, loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp():.1f}"
                 )
-        epochs_done = seen / n_train
-        if len(valid_cache):
-            r = recall(model, valid_cache, texts_valid)
-            logger.info("epoch %d (%.0fs): held-out %s", epoch, time.perf_counter() - t0, r)
-            if r["R@10"] > best_r10:
-                best_r10, best_epoch, stale, best_state = r["R@10"], epoch, 0, snapshot()
-            else:
-                stale += 1
-        else:
-            best_epoch, best_state = epoch, snapshot()
-        if stop or (config.patience is not None and stale >= config.patience):
-            break
-        if time.perf_counter() - t0 >= budget:
-            break
+        if not len(valid_cache):
+            return EpochOutcome(record=None, score=None)
+        r = recall(model, valid_cache, texts_valid)
+        logger.info("epoch %d (%.0fs): held-out %s", epoch, budget.elapsed(), r)
+        return EpochOutcome(record=None, score=r["R@10"])
+
+    budget = TimeBudget(config.max_minutes)
+    run = run_epochs(
+        model,
+        run_epoch,
+        max_epochs=config.max_epochs,
+        budget=budget,
+        patience=config.patience,
+        initial_score=valid_initial.get("R@10", -math.inf),
+        # Snapshots on the CPU leave the accelerator's memory to training.
+        snapshot_device="cpu",
+        score_name="held-out Recall@10",
+    )
     bar.close()
-    train_seconds = time.perf_counter() - t0
-    model.load_state_dict(best_state)
-    model.eval()
+    train_seconds = budget.elapsed()
     valid_trained = recall(model, valid_cache, texts_valid)
     test_trained = recall(model, test_cache, texts_test)
 
@@ -982,9 +976,9 @@ def train_image_tower(
         n_valid=len(valid_cache),
         n_test=len(test_cache),
         photo_failures=len(failures),
-        epochs=round(epochs_done, 2),
+        epochs=round(seen / n_train, 2),
         steps=step,
-        best_epoch=best_epoch,
+        best_epoch=run.best_epoch,
         train_seconds=round(train_seconds, 1),
         # Throughput of the training steps alone (the held-out evaluations are excluded).
         images_per_second=round(seen / step_seconds, 1) if step_seconds > 0 else 0.0,

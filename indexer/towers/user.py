@@ -71,6 +71,7 @@ from newarrivals.indexer.device import resolve_device
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError, NewArrivalsError
 from newarrivals.indexer.index.version import library_versions
 from newarrivals.indexer.retrieval.users import DEFAULT_EVENT_WEIGHTS, UserVectorConfig
+from newarrivals.indexer.towers.training_loop import EpochOutcome, TimeBudget, run_epochs
 from newarrivals.indexer.validation import (
     require_flag,
     require_fraction,
@@ -959,6 +960,8 @@ def train_user_tower(
             two usable events).
     """
     started = time.monotonic()
+    # The budget counts from here: preparing the examples is part of training's cost.
+    budget = TimeBudget(config.max_minutes)
     device = resolve_device(config.device)
     vectors = ArrayProductVectors(product_ids, product_vectors)
     seq = _Sequences.of(interactions, vectors.row_of)
@@ -1008,19 +1011,22 @@ def train_user_tower(
         net = _TowerNet(vectors.dim, config, temperature).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         history: list[dict[str, float | None]] = []
-        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        best_epoch, best_recall, baseline_recall = 0, -1.0, float("nan")
+        initial_recall, baseline_recall = -math.inf, float("nan")
         if len(valid_ex):
-            loss0, best_recall, baseline_recall = _evaluate(
+            loss0, initial_recall, baseline_recall = _evaluate(
                 net, products, seq, valid_ex, config, device
             )
             # Epoch 0 is the untrained tower, i.e. the baseline: it competes for "best".
             history.append(
-                {"epoch": 0, "train_loss": None, "valid_loss": loss0, "valid_recall": best_recall}
+                {
+                    "epoch": 0,
+                    "train_loss": None,
+                    "valid_loss": loss0,
+                    "valid_recall": initial_recall,
+                }
             )
-        deadline = started + 60.0 * config.max_minutes if config.max_minutes else math.inf
-        stale, epochs_run, timed_out = 0, 0, False
-        for epoch in range(1, config.epochs + 1):
+
+        def run_epoch(epoch: int, budget: TimeBudget) -> EpochOutcome[dict[str, float | None]]:
             net.train()
             perm = torch.randperm(len(train_ex), generator=gen, device=device).cpu().numpy()
             shuffled = train_ex.take(perm.astype(np.int64))
@@ -1044,37 +1050,36 @@ def train_user_tower(
                 nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 opt.step()
                 total, steps = total + float(loss.detach()), steps + 1
-                if time.monotonic() > deadline:
-                    timed_out = True
+                if budget.expired():
                     break
-            epochs_run = epoch
             row: dict[str, float | None] = {"epoch": epoch, "train_loss": total / max(steps, 1)}
+            score = None
             if len(valid_ex):
-                v_loss, v_recall, _ = _evaluate(net, products, seq, valid_ex, config, device)
-                row.update(valid_loss=v_loss, valid_recall=v_recall)
-                if v_recall > best_recall:
-                    best_recall, best_epoch, stale = v_recall, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                else:
-                    stale += 1
-            else:
-                best_epoch = epoch
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            history.append(row)
+                v_loss, score, _ = _evaluate(net, products, seq, valid_ex, config, device)
+                row.update(valid_loss=v_loss, valid_recall=score)
             log(
                 "user tower epoch %d: %s",
                 epoch,
                 {k: v if v is None else round(v, 4) for k, v in row.items()},
             )
-            if timed_out or stale >= config.patience:
-                break
-        net.load_state_dict(best_state)
+            return EpochOutcome(record=row, score=score)
+
+        run = run_epochs(
+            net,
+            run_epoch,
+            max_epochs=config.epochs,
+            budget=budget,
+            patience=config.patience,
+            initial_score=initial_recall,
+            score_name="validation recall",
+        )
+        history.extend(run.records)
     net.eval()
     report: dict[str, Any] = {
-        "epochs": epochs_run,
-        "best_epoch": best_epoch,
-        "stopped_early": epochs_run < config.epochs,
-        "timed_out": timed_out,
+        "epochs": run.epochs_run,
+        "best_epoch": run.best_epoch,
+        "stopped_early": run.epochs_run < config.epochs,
+        "timed_out": run.timed_out,
         "seconds": round(time.monotonic() - started, 3),
         "device": device,
         "n_products": len(vectors),
@@ -1084,7 +1089,7 @@ def train_user_tower(
         "n_train_examples": len(train_ex),
         "n_valid_examples": len(valid_ex),
         "valid_k": config.valid_k,
-        "valid_recall": best_recall if len(valid_ex) else None,
+        "valid_recall": run.best_score if len(valid_ex) else None,
         "valid_recall_baseline": baseline_recall if len(valid_ex) else None,
         "temperature_initial": temperature,
         "temperature": float(net.temperature().detach()),
