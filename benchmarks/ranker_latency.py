@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from newarrivals.indexer.catalog.schema import Product
-from newarrivals.indexer.evaluation.run import DEFAULT_CACHE
+from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
 from newarrivals.indexer.index.store import Candidate
 from newarrivals.ranker import Ranker, RankerConfig, load_ranker, softmax
 from newarrivals.ranker.base import DEFAULT_CACHE_SIZE
@@ -70,10 +70,9 @@ from newarrivals.ranker.crossencoder.model import CrossEncoderRanker, TorchPairR
 from newarrivals.ranker.export import export_onnx
 from newarrivals.ranker.onnx_sessions import configure_threads
 from newarrivals.ranker.training.cold_start import ColdStartListConfig
-from newarrivals.ranker.training.features import encode_product_vectors
 from newarrivals.ranker.training.lists import TrainingList, build_training_lists
-from newarrivals.ranker.training.metrics import expected_calibration_error, ndcg_at_k
-from newarrivals.ranker.training.pipeline import list_text_encoder
+from newarrivals.ranker.training.metrics import expected_calibration_error
+from newarrivals.ranker.training.pipeline import list_product_vectors
 from newarrivals.ranker.training.record import read_training_record
 from newarrivals.ranker.training.student_init import StudentConfig, build_student
 from newarrivals.ranker.training.teacher_lists import cold_start_lists, replay_lists
@@ -186,11 +185,11 @@ def _eval_lists(
     if record.cold_start and record.cutoff is not None:
         cutoff = record.cutoff
         known = [p for p in products.values() if p.launched_at is None or p.launched_at < cutoff]
-        vectors = encode_product_vectors(
+        vectors = list_product_vectors(
             known,
-            text=list_text_encoder(record.text_model),
+            text_model=record.text_model,
             image_tower=Path(record.image_tower) if record.image_tower else None,
-            cache_dir=(args.cache_dir or DEFAULT_CACHE).expanduser(),
+            cache_dir=args.cache_dir,
             device="cpu",
         )
         recipe = record.lists_config or ColdStartListConfig()
@@ -230,7 +229,7 @@ def _quality(
     positives = np.asarray([lst.positive for lst in lists], dtype=np.int64)
     probs = softmax(scores, ranker.temperature)
     return {
-        "ndcg@20": round(ndcg_at_k(scores, positives, 20), 4),
+        "ndcg@20": round(one_relevant_ndcg_at_k(scores, positives, 20), 4),
         "ece_top1": round(expected_calibration_error(probs, positives, 10), 4),
     }
 

@@ -10,7 +10,6 @@ read them; the request path computes the same features from the index
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -18,7 +17,6 @@ import numpy.typing as npt
 
 from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode, fuse
-from newarrivals.indexer.encoders.text import TextEncoderConfig
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import (
     ColdItemMethod,
@@ -36,7 +34,6 @@ __all__ = [
     "RETRIEVAL_METHODS",
     "concat_vectors",
     "diversity_vectors",
-    "encode_product_vectors",
     "feature_columns",
     "recent_products",
     "retrieval_method",
@@ -145,64 +142,6 @@ def retrieval_method(name: str, vectors: Mapping[str, ProductVectors]) -> ColdIt
         parts = (cls(f"text / {label}", text), cls(f"image / {label}", image))
         return LateFusionMethod(f"fused-late / {label}", parts)
     return cls(f"{variant} / {label}", vectors_variant(variant, vectors))
-
-
-def encode_product_vectors(
-    products: Sequence[Product],
-    *,
-    text: TextEncoderConfig | None,
-    image_tower: Path | None,
-    cache_dir: Path,
-    device: str,
-    progress: bool = False,
-) -> dict[str, ProductVectors]:
-    """Text and photo vectors of ``products`` through the embedding cache, as ``evaluate``
-    encodes them (so a ranker trained on them retrieves like the evaluation does).
-
-    Args:
-        products: What to encode.
-        text: The text encoder, or ``None`` for no text vectors.
-        image_tower: An ``align-images`` tower directory, or ``None`` for no photo vectors.
-        cache_dir: The embedding cache (share ``evaluate``'s to encode nothing twice).
-        device: A resolved torch device.
-        progress: Progress bars.
-    """
-    from newarrivals.indexer.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder
-    from newarrivals.indexer.index.build import encode_products
-
-    ids = [p.product_id for p in products]
-    out: dict[str, ProductVectors] = {}
-    if text is not None:
-        encoded = encode_products(
-            products,
-            text_encoder=TextEncoder(text, device),
-            image_encoder=None,
-            fusion=FusionConfig(),
-            cache_root=cache_dir,
-            progress=progress,
-        )
-        if encoded.text is not None:
-            out["text"] = ProductVectors(ids, encoded.text, encoded.has_text)
-    if image_tower is not None:
-        if not Path(image_tower).is_dir():
-            raise ConfigError(
-                f"image tower {image_tower} is not a directory; pass the folder written by "
-                "`newarrivals align-images`."
-            )
-        config = ImageEncoderConfig(model=f"local-dir:{Path(image_tower).resolve()}")
-        encoded = encode_products(
-            products,
-            text_encoder=None,
-            image_encoder=ImageEncoder(config, device),
-            fusion=FusionConfig(),
-            cache_root=cache_dir,
-            progress=progress,
-        )
-        if encoded.image is not None:
-            out["image"] = ProductVectors(ids, encoded.image, encoded.has_image)
-    if not out:
-        raise ConfigError("no product vectors: keep the text encoder or pass an image tower.")
-    return out
 
 
 def feature_columns(

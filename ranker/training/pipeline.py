@@ -24,7 +24,7 @@ from newarrivals.indexer.encoders.text import TextEncoderConfig
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError
 from newarrivals.indexer.evaluation import EvaluateConfig, resolve_profile
 from newarrivals.indexer.evaluation.methods import ProductVectors
-from newarrivals.indexer.evaluation.run import DEFAULT_CACHE
+from newarrivals.indexer.evaluation.run import DEFAULT_CACHE, encode_product_vectors
 from newarrivals.indexer.index.version import IndexVersion
 from newarrivals.ranker.base import PairRanker
 from newarrivals.ranker.config import RankerConfig, RankerTrainConfig
@@ -34,7 +34,6 @@ from newarrivals.ranker.loading import load_ranker
 from newarrivals.ranker.onnx_sessions import configure_threads
 from newarrivals.ranker.training.cold_start import ColdStartListConfig, build_cold_start_lists
 from newarrivals.ranker.training.distill import DistillConfig, fit_student
-from newarrivals.ranker.training.features import encode_product_vectors
 from newarrivals.ranker.training.fit import fit_cold_start_ranker, fit_ranker
 from newarrivals.ranker.training.record import LIST_KINDS, TrainingRecord, read_training_record
 from newarrivals.ranker.training.rerank_blend import blend_for_ranker
@@ -47,6 +46,7 @@ __all__ = [
     "DistillResult",
     "TrainRankerJob",
     "TrainRankerResult",
+    "list_product_vectors",
     "list_text_encoder",
     "run_blend_only",
     "run_distill",
@@ -62,6 +62,41 @@ def list_text_encoder(name: str | None) -> TextEncoderConfig | None:
     if name == NO_TEXT:
         return None
     return TextEncoderConfig(model=name) if name else TextEncoderConfig()
+
+
+def list_product_vectors(
+    products: Sequence[Product],
+    *,
+    text_model: str | None,
+    image_tower: Path | None,
+    cache_dir: Path | None,
+    device: str,
+    progress: bool = False,
+) -> dict[str, ProductVectors]:
+    """The product vectors cold-start lists are built from, encoded as ``evaluate`` does.
+
+    Args:
+        products: What to encode.
+        text_model: As :func:`list_text_encoder` reads it.
+        image_tower: An ``align-images`` tower directory, or ``None`` for no photo vectors.
+        cache_dir: The embedding cache (``None``: the evaluation's default).
+        device: A resolved torch device.
+        progress: Progress bars.
+
+    Raises:
+        ConfigError: neither text nor photo vectors were asked for.
+    """
+    out = encode_product_vectors(
+        products,
+        text=list_text_encoder(text_model),
+        image_tower=image_tower,
+        cache_dir=(cache_dir or DEFAULT_CACHE).expanduser(),
+        device=device,
+        progress=progress,
+    )
+    if not out:
+        raise ConfigError("no product vectors: keep the text encoder or pass an image tower.")
+    return out
 
 
 @dataclass(frozen=True)
@@ -177,11 +212,11 @@ def _cold_start_inputs(job: TrainRankerJob, catalog: Catalog, device: str) -> _C
     return _ColdStartInputs(
         products={p.product_id: p for p in catalog.products},
         events=[e for e in catalog.interactions if e.timestamp < cutoff],
-        vectors=encode_product_vectors(
+        vectors=list_product_vectors(
             known,
-            text=list_text_encoder(job.text_model),
+            text_model=job.text_model,
             image_tower=job.image_tower,
-            cache_dir=(job.cache_dir or DEFAULT_CACHE).expanduser(),
+            cache_dir=job.cache_dir,
             device=device,
             progress=job.progress,
         ),
@@ -359,11 +394,11 @@ def run_distill(job: DistillJob) -> DistillResult:
         tower = job.image_tower or recorded.image_tower
         known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
         text_model = job.text_model or recorded.text_model
-        vectors = encode_product_vectors(
+        vectors = list_product_vectors(
             known,
-            text=list_text_encoder(text_model),
+            text_model=text_model,
             image_tower=Path(tower) if tower else None,
-            cache_dir=(job.cache_dir or DEFAULT_CACHE).expanduser(),
+            cache_dir=job.cache_dir,
             device=device,
         )
         train, val, _ = cold_start_lists(
