@@ -38,6 +38,7 @@ import numpy.typing as npt
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
+from newarrivals.indexer.towers.training_loop import EpochOutcome, TimeBudget, run_epochs
 from newarrivals.indexer.validation import (
     require_int,
     require_known_fields,
@@ -52,7 +53,7 @@ from newarrivals.ranker.training.metrics import (
     list_nll,
 )
 from newarrivals.ranker.training.student_init import StudentConfig, build_student
-from newarrivals.ranker.training.trainer import EarlyStopping, list_scores, optimiser_step
+from newarrivals.ranker.training.trainer import list_scores, optimiser_step
 
 __all__ = [
     "DistillConfig",
@@ -365,12 +366,9 @@ def distill_ranker(
         )
 
     ndcg_before, rho_before, top1_before, kl_before, _ = validate()
-    stopping = EarlyStopping(model, ndcg_before, config.patience)
-    history: list[DistillEpoch] = []
-    stop_reason = "epochs"
     rng = np.random.default_rng(config.seed)
     tau = config.distill_temperature
-    deadline = None if config.max_minutes is None else time.perf_counter() + 60 * config.max_minutes
+    budget = TimeBudget(config.max_minutes)
     logger.info(
         "distilling: %d train / %d val lists of %d; student val NDCG@%d %.4f, agreement "
         "%.3f before",
@@ -386,8 +384,8 @@ def distill_ranker(
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        out_of_time = False
-        for epoch in range(1, config.epochs + 1):
+
+        def epoch_run(epoch: int, budget: TimeBudget) -> EpochOutcome[DistillEpoch]:
             t0 = time.perf_counter()
             model.train()
             order = rng.permutation(len(train_lists))
@@ -413,15 +411,13 @@ def distill_ranker(
                     ce = torch.nn.functional.cross_entropy(z_s, target)
                     loss = loss + config.label_weight * ce
                 losses.append(optimiser_step(model, optimiser, loss))
-                if deadline is not None and time.perf_counter() > deadline:
-                    out_of_time = True
+                if budget.expired():
                     break
             model.eval()
             ndcg, rho, _, kl_val, _ = validate()
             record = DistillEpoch(
                 epoch, float(np.mean(losses)), ndcg, rho, kl_val, time.perf_counter() - t0
             )
-            history.append(record)
             logger.info(
                 "epoch %d: loss %.4f, val NDCG@%d %.4f, agreement %.3f, KL %.4f (%.1fs)",
                 epoch,
@@ -432,12 +428,17 @@ def distill_ranker(
                 kl_val,
                 record.seconds,
             )
-            stopping.update(model, epoch, ndcg)
-            reason = stopping.stop_reason(out_of_time)
-            if reason is not None:
-                stop_reason = reason
-                break
-    stopping.restore(model)
+            return EpochOutcome(record, ndcg)
+
+        run = run_epochs(
+            model,
+            epoch_run,
+            max_epochs=config.epochs,
+            budget=budget,
+            patience=config.patience,
+            initial_score=ndcg_before,
+            score_name="validation NDCG",
+        )
     ndcg_after, rho_after, top1_after, kl_after, scores = validate()
     ece_before = expected_calibration_error(softmax(scores), val_pos, config.ece_bins)
     temperature = fit_temperature(scores, val_pos)
@@ -456,9 +457,9 @@ def distill_ranker(
         top1_agreement_after=top1_after,
         kl_before=kl_before,
         kl_after=kl_after,
-        best_epoch=stopping.best_epoch,
-        epochs_run=len(history),
-        stop_reason=stop_reason,
+        best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run,
+        stop_reason=run.stop_reason,
         temperature=temperature,
         nll_after_temperature=list_nll(scores, val_pos, temperature),
         ece_before_temperature=ece_before,
@@ -467,7 +468,7 @@ def distill_ranker(
         ),
         teacher_scoring_seconds=teacher_seconds,
         seconds=time.perf_counter() - start,
-        history=tuple(history),
+        history=run.records,
     )
     logger.info(
         "student: val NDCG@%d %.4f -> %.4f (teacher %.4f); agreement %.3f -> %.3f; T=%.3f; "

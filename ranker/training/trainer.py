@@ -36,6 +36,7 @@ import numpy.typing as npt
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import CatalogError
 from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
+from newarrivals.indexer.towers.training_loop import EpochOutcome, TimeBudget, run_epochs
 from newarrivals.ranker.base import PairRanker, softmax
 from newarrivals.ranker.config import RankerTrainConfig
 from newarrivals.ranker.context import candidate_text, context_text, encode_texts
@@ -48,7 +49,6 @@ from newarrivals.ranker.training.metrics import (
 )
 
 __all__ = [
-    "EarlyStopping",
     "EpochRecord",
     "RankerTrainingReport",
     "list_scores",
@@ -235,46 +235,6 @@ def open_cls(model: Any) -> bool:
     return True
 
 
-class EarlyStopping:
-    """The best validation score so far, the weights that had it, and when to stop.
-
-    Shared by the ranker's training and the student's distillation loops.
-    """
-
-    def __init__(self, model: Any, score: float, patience: int) -> None:
-        self.best = score
-        self.best_epoch = 0
-        self.stale = 0
-        self._patience = patience
-        self._state = snapshot(model)
-
-    def update(self, model: Any, epoch: int, score: float, *, counts: bool = True) -> None:
-        """Record an epoch's validation score; ``counts=False`` (an epoch that ended inside
-        the learning-rate warmup) keeps a better model but does not use up patience."""
-        if score > self.best:
-            self.best, self.best_epoch, self.stale = score, epoch, 0
-            self._state = snapshot(model)
-        elif counts:
-            self.stale += 1
-
-    def stop_reason(self, out_of_time: bool) -> str | None:
-        """Why to stop after this epoch, or ``None`` to go on."""
-        if out_of_time:
-            return "time limit"
-        if self.stale >= self._patience:
-            return f"no better validation NDCG for {self.stale} epochs"
-        return None
-
-    def restore(self, model: Any) -> None:
-        """Load the best weights back into ``model`` and put it in eval mode."""
-        model.load_state_dict(self._state)
-        model.eval()
-
-
-def snapshot(model: Any) -> dict[str, Any]:
-    return {n: v.detach().clone() for n, v in model.state_dict().items()}
-
-
 def optimiser_step(model: Any, optimiser: Any, loss: Any) -> float:
     """Backward, clip the gradient norm to 1, step; returns the loss."""
     import torch
@@ -371,12 +331,6 @@ def train_ranker(
 
     ndcg_before = one_relevant_ndcg_at_k(scores_of(val_lists), val_pos, k)
     holdout_before = ndcg_or_nan(scores_of(holdout_lists), hold_pos)
-    # No epoch better than the model as it came: keep it as it came (before open_cls).
-    stopping = EarlyStopping(model, ndcg_before, config.patience)
-    if config.open_cls and not open_cls(model):
-        logger.warning("open_cls: the model has no BERT-style last layer; left as it is")
-    history: list[EpochRecord] = []
-    stop_reason = "epochs"
     steps = 0
     rng = np.random.default_rng(config.seed)
     per_epoch = math.ceil(len(train_lists) / config.batch_lists)
@@ -391,16 +345,20 @@ def train_ranker(
     )
     # The time limit counts from the first step: scoring the validation and holdout lists
     # before training (minutes for large lists on a CPU) must not eat the training budget.
-    begun = time.perf_counter()
-    deadline = None if config.max_minutes is None else begun + 60.0 * config.max_minutes
+    budget = TimeBudget(config.max_minutes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         total = per_epoch * config.epochs
         warmup = _warmup_steps(config, total)
         optimiser, schedule = _optimiser(model, config, total)
-        out_of_time = False
-        for epoch in range(1, config.epochs + 1):
+
+        def epoch_run(epoch: int, budget: TimeBudget) -> EpochOutcome[EpochRecord]:
+            nonlocal steps
             t0 = time.perf_counter()
+            # Opened inside the first epoch, after run_epochs has snapshotted the model as
+            # it came: when no epoch beats it, that model (not the opened one) is kept.
+            if epoch == 1 and config.open_cls and not open_cls(model):
+                logger.warning("open_cls: the model has no BERT-style last layer; left as it is")
             model.train()
             order = rng.permutation(len(train_lists))
             losses: list[float] = []
@@ -412,13 +370,11 @@ def train_ranker(
                 losses.append(optimiser_step(model, optimiser, loss))
                 schedule.step()
                 steps += 1
-                if deadline is not None and time.perf_counter() > deadline:
-                    out_of_time = True
+                if budget.expired():
                     break
             model.eval()
             val_ndcg = one_relevant_ndcg_at_k(scores_of(val_lists), val_pos, k)
             record = EpochRecord(epoch, float(np.mean(losses)), val_ndcg, time.perf_counter() - t0)
-            history.append(record)
             logger.info(
                 "epoch %d: loss %.4f (chance %.4f), val NDCG@%d %.4f (%.1fs)",
                 epoch,
@@ -430,12 +386,17 @@ def train_ranker(
             )
             # Epochs still inside the warmup do not count against patience: on small lists
             # the warmup spans epochs, and their flat scores are not a plateau.
-            stopping.update(model, epoch, val_ndcg, counts=steps >= warmup)
-            reason = stopping.stop_reason(out_of_time)
-            if reason is not None:
-                stop_reason = reason
-                break
-    stopping.restore(model)
+            return EpochOutcome(record, val_ndcg, counts_for_patience=steps >= warmup)
+
+        run = run_epochs(
+            model,
+            epoch_run,
+            max_epochs=config.epochs,
+            budget=budget,
+            patience=config.patience,
+            initial_score=ndcg_before,
+            score_name="validation NDCG",
+        )
     val_scores = scores_of(val_lists)
     ndcg_after = one_relevant_ndcg_at_k(val_scores, val_pos, k)
     temperature = fit_temperature(val_scores, val_pos)
@@ -458,9 +419,9 @@ def train_ranker(
         ndcg_k=k,
         ndcg_before=ndcg_before,
         ndcg_after=ndcg_after,
-        best_epoch=stopping.best_epoch,
-        epochs_run=len(history),
-        stop_reason=stop_reason,
+        best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run,
+        stop_reason=run.stop_reason,
         temperature=temperature,
         nll_before_temperature=list_nll(calib_scores, calib_pos, 1.0),
         nll_after_temperature=list_nll(calib_scores, calib_pos, temperature),
@@ -472,7 +433,7 @@ def train_ranker(
         ),
         ece_kind=f"top-1, {config.ece_bins} equal-width bins, {where}",
         seconds=time.perf_counter() - start,
-        history=tuple(history),
+        history=run.records,
         steps=steps,
         ndcg_retrieval=ndcg_or_nan(val_retrieval, val_pos),
         n_holdout_lists=len(holdout_lists),
