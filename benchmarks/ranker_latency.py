@@ -56,33 +56,26 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from newarrivals.indexer.catalog.schema import Product
+from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
 from newarrivals.indexer.index.filters import Candidate
-from newarrivals.ranker import (
-    CrossEncoderRanker,
-    Ranker,
-    RankerConfig,
-    RankerTrainConfig,
-    StudentConfig,
-    TrainingList,
-    build_student,
-    build_training_lists,
-    configure_threads,
-    expected_calibration_error,
-    export_onnx,
-    load_ranker,
-    ndcg_at_k,
-    softmax,
-)
+from newarrivals.ranker import Ranker, RankerConfig, load_ranker, softmax
 from newarrivals.ranker.base import DEFAULT_CACHE_SIZE
-from newarrivals.ranker.distill import cold_start_lists, replay_lists
-from newarrivals.ranker.model import TorchPairRanker, read_manifest
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker, TorchPairRanker, read_manifest
+from newarrivals.ranker.export import export_onnx
+from newarrivals.ranker.onnx_sessions import configure_threads
+from newarrivals.ranker.training.cold_start import ColdStartListConfig
+from newarrivals.ranker.training.lists import TrainingList, build_training_lists
+from newarrivals.ranker.training.metrics import expected_calibration_error
+from newarrivals.ranker.training.pipeline import list_product_vectors
+from newarrivals.ranker.training.record import read_training_record
+from newarrivals.ranker.training.student_init import StudentConfig, build_student
+from newarrivals.ranker.training.teacher_lists import cold_start_lists, replay_lists
 
 SIZES = (20, 50, 100)
 
@@ -180,8 +173,8 @@ def _eval_lists(
     if teacher_dir is None:
         return []
     manifest = read_manifest(teacher_dir)
-    training = manifest.get("training", {})
-    base = RankerTrainConfig.from_dict({**training.get("train_config", {}), "device": "cpu"})
+    record = read_training_record(teacher_dir)
+    base = replace(record.train_config, device="cpu")
     wide = replace(
         base,
         retrieval_candidates=max(50, base.retrieval_candidates),
@@ -189,22 +182,17 @@ def _eval_lists(
         random_negatives=4,
     )
     max_items = RankerConfig.from_dict(manifest["config"]).max_context_items
-    if training.get("lists") == "cold-start":
-        from newarrivals.indexer.encoders import TextEncoderConfig
-        from newarrivals.ranker.evaluation import encode_product_vectors
-        from newarrivals.ranker.trainer import ColdStartListConfig
-
-        cutoff = datetime.fromisoformat(str(training["cutoff"]))
-        tower = training.get("image_tower")
+    if record.cold_start and record.cutoff is not None:
+        cutoff = record.cutoff
         known = [p for p in products.values() if p.launched_at is None or p.launched_at < cutoff]
-        vectors = encode_product_vectors(
+        vectors = list_product_vectors(
             known,
-            text=TextEncoderConfig(),
-            image_tower=Path(tower) if tower else None,
-            cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
+            text_model=record.text_model,
+            image_tower=Path(record.image_tower) if record.image_tower else None,
+            cache_dir=args.cache_dir,
             device="cpu",
         )
-        recipe = ColdStartListConfig(**training.get("lists_config", {}))
+        recipe = record.lists_config or ColdStartListConfig()
         _, _, holdout = cold_start_lists(
             events, products, vectors, cutoff, base, recipe, max_context_items=max_items
         )
@@ -241,7 +229,7 @@ def _quality(
     positives = np.asarray([lst.positive for lst in lists], dtype=np.int64)
     probs = softmax(scores, ranker.temperature)
     return {
-        "ndcg@20": round(ndcg_at_k(scores, positives, 20), 4),
+        "ndcg@20": round(one_relevant_ndcg_at_k(scores, positives, 20), 4),
         "ece_top1": round(expected_calibration_error(probs, positives, 10), 4),
     }
 

@@ -18,7 +18,8 @@ method finds the optimum in a few steps. The penalty pulls ``w`` towards a ``pri
 ``l2`` lists, ``(l2 / n_lists) * |w - prior|^2``: with the few dozen validation lists a small
 catalogue gives, the blend stays near the prior unless the lists clearly say otherwise
 (with 18 H&M lists and no prior it overfitted to half the retrieval NDCG on held-out users).
-The prior need not be "retrieval alone": :func:`~.trainer.fit_rerank_blend` first fits the
+The prior need not be "retrieval alone":
+:func:`~newarrivals.ranker.training.rerank_blend.fit_rerank_blend` first fits the
 features without the ranker on many more lists and uses that as the prior
 (:meth:`Blend.prior_blend` gives it back as a blend of its own).
 Standardising each feature within its list makes the weights comparable across features
@@ -158,7 +159,8 @@ class Blend:
         """The prior as a blend of its own (same features), or ``None`` when the prior is
         empty or "retrieval alone" (one feature weighted, so the same order as that feature).
 
-        :func:`~.trainer.blend_for_ranker` fits the prior on the features without the ranker
+        :func:`~newarrivals.ranker.training.rerank_blend.blend_for_ranker` fits the prior on the
+        features without the ranker
         first, so this is "the features blend without the ranker".
 
         Example:

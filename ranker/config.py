@@ -111,7 +111,8 @@ class RankerTrainConfig:
         open_cls: Start the last encoder layer's attention uniform (its query projection
             zeroed), so the [CLS] state the head reads begins as a mean over the whole
             pair. MiniLM was trained with mean pooling: its pretrained [CLS] barely depends
-            on the input, and a head on it does not learn (see :mod:`.trainer`).
+            on the input, and a head on it does not learn (see
+            :mod:`newarrivals.ranker.training.trainer`).
         weight_decay: AdamW weight decay.
         patience: Stop after this many evaluations without a better validation NDCG.
         ndcg_k: Cut-off of the validation NDCG used for early stopping.

@@ -21,14 +21,15 @@ from pathlib import Path
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation import EvaluateConfig, EvaluationReport, evaluate
 from newarrivals.ranker.blend import Blend
-from newarrivals.ranker.evaluation import (
+from newarrivals.ranker.two_stage import (
     RankerLike,
     RerankMargin,
     TwoStageConfig,
     TwoStageRun,
     rerank_margins,
 )
-from newarrivals.ranker.loading import configure_threads, load_ranker
+from newarrivals.ranker.loading import load_ranker
+from newarrivals.ranker.onnx_sessions import configure_threads
 
 __all__ = ["RerankEvaluation", "RerankEvaluationConfig", "evaluate_reranked"]
 

@@ -168,7 +168,7 @@ def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
     from newarrivals.indexer.evaluation import EvaluateConfig, evaluate, resolve_profile
     from newarrivals.indexer.towers.image import align_images
     from newarrivals.indexer.towers.image_config import ImageTowerConfig
-    from newarrivals.ranker.online import SERVING_RETRIEVAL
+    from newarrivals.ranker.serving.request import SERVING_RETRIEVAL
 
     t_start = time.perf_counter()
     work = config.workdir
@@ -309,7 +309,7 @@ def prepare_demo(config: DemoConfig, say: Say = print) -> DemoResult:
     table = table_file.read_text() if table_file.is_file() else ""
     say(table)
 
-    from newarrivals.ranker.model import MANIFEST_FILE as RANKER_MANIFEST
+    from newarrivals.ranker.crossencoder.model import MANIFEST_FILE as RANKER_MANIFEST
 
     # 6. The API key for the write/admin routes and the page's user views.
     key_file = work / "api_key"
@@ -345,94 +345,80 @@ def _train_ranker(
     the student's blend fitted on cold-start lists from the serving index's own first stage
     (so ``rerank=true`` orders by the blend; README, *The blend serving applies*).
 
-    It goes through the ``train-ranker`` and ``distill-ranker`` commands so the demo runs
-    exactly what a user would type (printed here), not a second copy of their logic.
+    It runs the pipelines behind ``train-ranker`` and ``distill-ranker`` (the functions
+    those commands call), so the demo trains exactly what a user's commands would.
     """
-    from newarrivals.ranker.online import SERVING_RETRIEVAL
-    from newarrivals.service.cli import main
+    from newarrivals.indexer.errors import NewArrivalsError
+    from newarrivals.indexer.evaluation.protocol import parse_cutoff
+    from newarrivals.ranker.config import RankerConfig, RankerTrainConfig
+    from newarrivals.ranker.serving.request import SERVING_RETRIEVAL
+    from newarrivals.ranker.training.distill import DistillConfig
+    from newarrivals.ranker.training.pipeline import (
+        DistillJob,
+        TrainRankerJob,
+        run_blend_only,
+        run_distill,
+        run_train_ranker,
+    )
+    from newarrivals.ranker.training.student_init import StudentConfig
 
     teacher = out.parent / "ranker-teacher"
-    common = ["--catalog", str(data), "--index", str(index), "--before", cutoff.date().isoformat()]
-    train = [
-        "train-ranker",
-        *common,
-        "--lists",
-        "replay",
-        "--out",
-        str(teacher),
-        "--layers",
-        "2",
-        "--context-tokens",
-        "48",
-        "--candidate-tokens",
-        "32",
-        "--minutes",
-        f"{config.ranker_minutes / 2:g}",
-        "--seed",
-        str(config.seed),
-        "--device",
-        config.device,
-    ]
-    distill = [
-        "distill-ranker",
-        "--teacher",
-        str(teacher),
-        *common,
-        "--out",
-        str(out),
-        # Context encoded once per request, int8 ONNX: the variant that meets the latency
-        # target (README, Ranker speed).
-        "--architecture",
-        "shared-context",
-        "--onnx",
-        "int8",
-        "--minutes",
-        f"{config.ranker_minutes / 2:g}",
-        "--seed",
-        str(config.seed),
-        "--device",
-        config.device,
-    ]
-    for argv in (train, distill):
-        say("      $ newarrivals " + " ".join(argv))
-        if main(argv) != 0:
-            raise ConfigError(f"`newarrivals {argv[0]}` failed; its message is above.")
+    minutes = config.ranker_minutes / 2
+    before = parse_cutoff(cutoff.date())  # what ``--before YYYY-MM-DD`` would give
+    say(f"      train-ranker: replay lists, 2 layers, up to {minutes:g} min -> {teacher}")
+    run_train_ranker(
+        TrainRankerJob(
+            catalog=data,
+            out=teacher,
+            lists="replay",
+            index=index,
+            before=before,
+            model=RankerConfig(
+                num_layers=2, context_tokens=48, candidate_tokens=32, seed=config.seed
+            ),
+            train=RankerTrainConfig(max_minutes=minutes, seed=config.seed),
+            device=config.device,
+        )
+    )
+    # Context encoded once per request, int8 ONNX: the variant that meets the latency
+    # target (README, Ranker speed).
+    say(f"      distill-ranker: shared-context student, int8 ONNX, up to {minutes:g} min -> {out}")
+    run_distill(
+        DistillJob(
+            teacher=teacher,
+            catalog=data,
+            out=out,
+            index=index,
+            before=before,
+            student=StudentConfig(architecture="shared-context", seed=config.seed),
+            distill=DistillConfig(max_minutes=minutes, seed=config.seed),
+            onnx=("int8",),
+            device=config.device,
+        )
+    )
     student = out / "onnx" if (out / "onnx").is_dir() else out
-    blend = [
-        "train-ranker",
-        "--catalog",
-        str(data),
-        "--before",
-        cutoff.date().isoformat(),
-        "--out",
-        str(student),
-        "--blend-only",
-        "--retrieval",
-        SERVING_RETRIEVAL,
-        "--image-tower",
-        str(tower),
-        "--cache-dir",
-        str(index / "cache"),
-        # The synthetic catalogue's history before the cutoff is a few months long.
-        "--windows",
-        "3",
-        "--window-days",
-        "20",
-        "--lists-per-user",
-        "3",
-        "--val-fraction",
-        "0.3",
-        "--seed",
-        str(config.seed),
-        "--device",
-        config.device,
-        "--no-progress",
-    ]
-    say("      $ newarrivals " + " ".join(blend))
-    if main(blend) != 0:
+    say(f"      train-ranker --blend-only: the blend for {student} ({SERVING_RETRIEVAL} lists)")
+    try:
+        run_blend_only(
+            TrainRankerJob(
+                catalog=data,
+                out=student,
+                before=before,
+                retrieval=SERVING_RETRIEVAL,
+                image_tower=tower,
+                cache_dir=index / "cache",
+                # The synthetic catalogue's history before the cutoff is a few months long.
+                windows=3,
+                window_days=20.0,
+                train=RankerTrainConfig(max_lists_per_user=3, val_fraction=0.3, seed=config.seed),
+                device=config.device,
+                progress=False,
+            )
+        )
+    except NewArrivalsError as exc:
         # A small catalogue may leave no validation list to fit on; serving then re-ranks
         # by the ranker alone and says so (rerank_note), which is no reason to stop here.
-        say("      no blend was fitted (see above): rerank=true will order by the ranker alone")
+        say(f"      no blend was fitted ({exc}): rerank=true will order by the ranker alone")
 
 
 def run_demo(config: DemoConfig, say: Say = print) -> DemoResult:

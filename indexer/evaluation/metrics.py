@@ -36,6 +36,8 @@ __all__ = [
     "hit_rate_at_k",
     "hits_matrix",
     "ndcg_at_k",
+    "ndcg_discounts",
+    "one_relevant_ndcg_at_k",
     "rank_items",
     "recall_at_k",
     "score_rankings",
@@ -144,14 +146,42 @@ def recall_at_k(hits: BoolArray, n_relevant: IntArray, k: int) -> FloatArray:
     return out
 
 
+def ndcg_discounts(k: int) -> FloatArray:
+    """``1 / log2(r + 1)`` for ranks ``r = 1..k``: the gain of a hit at each rank."""
+    out: FloatArray = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    return out
+
+
 def ndcg_at_k(hits: BoolArray, n_relevant: IntArray, k: int) -> FloatArray:
     """Per-user NDCG@k with binary gains; the ideal ranking puts min(|T|, k) hits first."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    discounts = ndcg_discounts(k)
     dcg = (hits[:, :k] * discounts[: hits[:, :k].shape[1]]).sum(axis=1)
     ideal_cumulative = np.concatenate([[0.0], np.cumsum(discounts)])
     idcg = ideal_cumulative[np.minimum(n_relevant, k)]
     out: FloatArray = np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
     return out
+
+
+def one_relevant_ndcg_at_k(scores: FloatArray, positives: IntArray, k: int) -> float:
+    """Mean NDCG@k over score lists with one relevant item each, ties averaged.
+
+    Row ``i`` of ``scores`` scores one list whose relevant item is at ``positives[i]``. With
+    one relevant item the ideal DCG is 1, so a list's NDCG is the discount of the item's
+    rank; when ``t`` items tie with it, the average discount over the ``t`` tied ranks (so
+    a constant scorer is neither rewarded nor punished by the order of the list). The
+    ranker's training and distillation lists use it; :func:`ndcg_at_k` breaks ties at
+    random instead.
+    """
+    if scores.shape[0] == 0:
+        return 0.0
+    discounts = ndcg_discounts(k).tolist()
+    pos = scores[np.arange(scores.shape[0]), positives][:, None]
+    above = (scores > pos).sum(axis=1)
+    tied = (scores == pos).sum(axis=1)  # includes the relevant item itself
+    total = 0.0
+    for a, t in zip(above.tolist(), tied.tolist(), strict=True):
+        total += sum(discounts[a : min(a + t, k)]) / t
+    return total / int(scores.shape[0])
 
 
 def hit_rate_at_k(hits: BoolArray, k: int) -> FloatArray:

@@ -78,7 +78,14 @@ from newarrivals.indexer.evaluation.report import (
 from newarrivals.indexer.index.encoding import encode_products
 from newarrivals.indexer.index.version import library_versions
 
-__all__ = ["DatasetProfile", "EvaluateConfig", "evaluate", "resolve_profile"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "DatasetProfile",
+    "EvaluateConfig",
+    "encode_product_vectors",
+    "evaluate",
+    "resolve_profile",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -253,45 +260,90 @@ def resolve_profile(config: EvaluateConfig, catalog: Catalog) -> DatasetProfile:
     )
 
 
-def _encode(
-    config: EvaluateConfig, products: Sequence[Product], device: str, notes: list[str]
+def encode_product_vectors(
+    products: Sequence[Product],
+    *,
+    text: TextEncoderConfig | None,
+    image_tower: Path | None,
+    cache_dir: Path,
+    device: str,
+    progress: bool = False,
+    notes: list[str] | None = None,
 ) -> dict[str, ProductVectors]:
-    """Per-modality vectors for ``products`` through the embedding cache."""
+    """Per-modality vectors of ``products`` through the embedding cache.
+
+    What :func:`evaluate` scores, and what the ranker's cold-start lists are built from (so
+    a ranker trained on them retrieves like the evaluation does).
+
+    Args:
+        products: What to encode.
+        text: The text encoder, or ``None`` for no text vectors.
+        image_tower: An ``align-images`` tower directory, or ``None`` for no photo vectors.
+        cache_dir: The embedding cache (share ``evaluate``'s to encode nothing twice).
+        device: A resolved torch device.
+        progress: Progress bars.
+        notes: When given, a line is added for photos that could not be decoded.
+
+    Returns:
+        ``"text"`` and/or ``"image"`` vectors (empty when neither is asked for).
+
+    Raises:
+        ConfigError: ``image_tower`` is not a directory.
+    """
     ids = [p.product_id for p in products]
     out: dict[str, ProductVectors] = {}
-    cache = config.resolved_cache_dir
-    if config.text is not None:
+    if text is not None:
         encoded = encode_products(
             products,
-            text_encoder=TextEncoder(config.text, device),
+            text_encoder=TextEncoder(text, device),
             image_encoder=None,
             fusion=FusionConfig(),
-            cache_root=cache,
-            progress=config.progress,
+            cache_root=cache_dir,
+            progress=progress,
         )
         if encoded.text is not None:
             out["text"] = ProductVectors(ids, encoded.text, encoded.has_text)
-    if config.image_tower is not None:
-        image_config = ImageEncoderConfig(model=f"local-dir:{config.image_tower.resolve()}")
+    if image_tower is not None:
+        if not Path(image_tower).is_dir():
+            raise ConfigError(
+                f"image tower {image_tower} is not a directory; pass the folder written by "
+                "`newarrivals align-images`."
+            )
+        image_config = ImageEncoderConfig(model=f"local-dir:{Path(image_tower).resolve()}")
         encoded = encode_products(
             products,
             text_encoder=None,
             image_encoder=ImageEncoder(image_config, device),
             fusion=FusionConfig(),
-            cache_root=cache,
-            progress=config.progress,
+            cache_root=cache_dir,
+            progress=progress,
         )
         if encoded.image is not None:
             out["image"] = ProductVectors(ids, encoded.image, encoded.has_image)
-        if encoded.failures:
+        if encoded.failures and notes is not None:
             notes.append(f"{len(encoded.failures)} photos could not be decoded (no image vector)")
-    else:
-        notes.append("no image tower given (--image-tower): image and fused rows skipped")
     for name, pv in out.items():
         logger.info(
             "%s vectors: %d of %d products (dim %d)", name, pv.present.sum(), len(ids), pv.dim
         )
     return out
+
+
+def _encode(
+    config: EvaluateConfig, products: Sequence[Product], device: str, notes: list[str]
+) -> dict[str, ProductVectors]:
+    """Per-modality vectors for ``products`` as ``config`` asks, through its cache."""
+    if config.image_tower is None:
+        notes.append("no image tower given (--image-tower): image and fused rows skipped")
+    return encode_product_vectors(
+        products,
+        text=config.text,
+        image_tower=config.image_tower,
+        cache_dir=config.resolved_cache_dir,
+        device=device,
+        progress=config.progress,
+        notes=notes,
+    )
 
 
 def _tower_fit(config: EvaluateConfig, device: str) -> UserTowerFit:

@@ -262,7 +262,7 @@ class Runtime:
         alone (a blend holds only for the first stage it was fitted on), and warn when that
         order lost to retrieval on the ranker's holdout lists."""
         from newarrivals.ranker.blend import holdout_warning
-        from newarrivals.ranker.online import SERVING_RETRIEVALS, request_blend
+        from newarrivals.ranker.serving.request import SERVING_RETRIEVALS, request_blend
 
         ranker_dir = self.settings.ranker
         if ranker_dir is None:

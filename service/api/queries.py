@@ -46,7 +46,7 @@ from newarrivals.service.api.schemas import (
 from newarrivals.service.api.state import ServingState
 
 if TYPE_CHECKING:
-    from newarrivals.ranker.online import RequestBlend
+    from newarrivals.ranker.serving.request import RequestBlend
 
 __all__ = [
     "RankerMissingError",

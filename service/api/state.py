@@ -39,7 +39,7 @@ from newarrivals.service.api.journal import JournalEntry, product_from_payload
 
 if TYPE_CHECKING:
     from newarrivals.indexer.encoders.fusion import ConcatLayout
-    from newarrivals.ranker.online import RequestBlend
+    from newarrivals.ranker.serving.request import RequestBlend
 
 __all__ = ["ReadWriteLock", "ServingState", "load_state", "resolve_catalog"]
 

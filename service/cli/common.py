@@ -10,24 +10,16 @@ from pathlib import Path
 from newarrivals.indexer import NewArrivalsError
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Product
-from newarrivals.indexer.encoders import TextEncoderConfig
 from newarrivals.indexer.index.filters import Candidate, SearchFilter
+
 
 __all__ = [
     "add_query_filters",
     "catalog_titles",
     "filter_from",
-    "list_text_config",
     "print_candidates",
     "utc_day",
 ]
-
-
-def list_text_config(name: str | None) -> TextEncoderConfig | None:
-    """The text encoder of cold-start lists: ``None`` the bundled MiniLM, ``"none"`` none."""
-    if name == "none":
-        return None
-    return TextEncoderConfig(model=name) if name else TextEncoderConfig()
 
 
 def utc_day(flag: str, value: str | None) -> datetime | None:

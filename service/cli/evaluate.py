@@ -134,7 +134,7 @@ def _report(config: EvaluateConfig, rerank: RerankEvaluationConfig | None) -> in
 def _rerank_config(args: argparse.Namespace) -> RerankEvaluationConfig:
     """The two-stage flags of ``evaluate --ranker``."""
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.ranker.evaluation import TwoStageConfig
+    from newarrivals.ranker.two_stage import TwoStageConfig
     from newarrivals.ranker.rerank_evaluation import RerankEvaluationConfig
 
     try:

@@ -1,30 +1,20 @@
-"""Ranker commands: ``train-ranker`` and ``distill-ranker``."""
+"""Ranker commands: ``train-ranker`` and ``distill-ranker``.
+
+Each parses its flags into a job of :mod:`newarrivals.ranker.training.pipeline` and runs it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newarrivals.indexer import NewArrivalsError
-from newarrivals.indexer.catalog.readers import read_catalog
-from newarrivals.indexer.catalog.schema import Product
-from newarrivals.indexer.index.version import IndexVersion
-from newarrivals.service.cli.common import (
-    list_text_config,
-    utc_day,
-)
+from newarrivals.ranker.config import RankerConfig, RankerTrainConfig
+from newarrivals.service.cli.common import utc_day
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from newarrivals.indexer.catalog.schema import Interaction
-    from newarrivals.indexer.evaluation import ProductVectors
-    from newarrivals.ranker import RankerTrainConfig
-    from newarrivals.ranker.trainer import ColdStartListConfig
+    from newarrivals.ranker.training.pipeline import BlendOnlyResult, TrainRankerResult
 
 
 __all__ = ["add_parsers"]
@@ -118,139 +108,60 @@ def _add_train_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _cmd_train_ranker(args: argparse.Namespace) -> int:
-    # Imported here: torch and transformers are slow to import and only this command trains.
-    from newarrivals.indexer.device import resolve_device
-    from newarrivals.indexer.evaluation import EvaluateConfig, parse_events, resolve_profile
-    from newarrivals.ranker import RankerConfig, RankerTrainConfig, fit_ranker
-    from newarrivals.ranker.evaluation import encode_product_vectors
-    from newarrivals.ranker.trainer import ColdStartListConfig, fit_cold_start_ranker
-
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    config = RankerConfig(
-        base_model=str(args.base_model) if args.base_model else RankerConfig.base_model,
-        num_layers=args.layers,
-        context_tokens=args.context_tokens,
-        candidate_tokens=args.candidate_tokens,
-        seed=args.seed,
+    # Imported here: the pipeline loads training code, which only this command needs.
+    from newarrivals.indexer.evaluation import parse_events
+    from newarrivals.ranker.training.pipeline import (
+        TrainRankerJob,
+        run_blend_only,
+        run_train_ranker,
     )
-    catalog = read_catalog(args.catalog)
-    products = {p.product_id: p for p in catalog.products}
-    device = resolve_device(args.device)
-    if args.lists == "replay":
-        if args.index is None:
-            raise NewArrivalsError("--lists replay needs --index (hard negatives come from it).")
-        before = utc_day("--before", args.before)
-        events = catalog.interactions
-        if before is not None:
-            events = [e for e in events if e.timestamp < before]
+
+    job = TrainRankerJob(
+        catalog=args.catalog,
+        out=args.out,
+        lists=args.lists,
+        index=args.index,
+        before=utc_day("--before", args.before),
+        image_tower=args.image_tower,
+        text_model=args.text_model,
+        retrieval=args.retrieval,
+        windows=args.windows,
+        window_days=args.window_days,
+        positive_events=parse_events(args.positive_events) if args.positive_events else None,
+        max_users=args.max_users,
+        positives=args.positives,
+        model=RankerConfig(
+            base_model=str(args.base_model) if args.base_model else RankerConfig.base_model,
+            num_layers=args.layers,
+            context_tokens=args.context_tokens,
+            candidate_tokens=args.candidate_tokens,
+            seed=args.seed,
+        ),
+        train=RankerTrainConfig(
+            retrieval_candidates=args.candidates,
+            hard_negatives=args.hard,
+            random_negatives=args.random,
+            max_lists_per_user=args.lists_per_user,
+            epochs=args.epochs,
+            patience=args.patience,
+            max_minutes=args.minutes,
+            batch_lists=args.batch_lists,
+            learning_rate=args.lr,
+            head_learning_rate=args.head_lr,
+            open_cls=not args.keep_cls,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+        ),
+        cache_dir=args.cache_dir,
+        threads=args.threads,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if args.blend_only and job.lists == "cold-start":
+        result: TrainRankerResult | BlendOnlyResult = run_blend_only(job)
     else:
-        profile = resolve_profile(
-            EvaluateConfig(data=args.catalog, cutoff=args.before, text=None), catalog
-        )
-        cutoff = profile.cutoff
-        events = [e for e in catalog.interactions if e.timestamp < cutoff]
-    positives = (
-        parse_events(args.positive_events)
-        if args.positive_events
-        else (RankerTrainConfig.positive_events if args.lists == "replay" else profile.test_events)
-    )
-    train_config = RankerTrainConfig(
-        retrieval_candidates=args.candidates,
-        hard_negatives=args.hard,
-        random_negatives=args.random,
-        positive_events=positives,
-        max_lists_per_user=args.lists_per_user,
-        epochs=args.epochs,
-        patience=args.patience,
-        max_minutes=args.minutes,
-        batch_lists=args.batch_lists,
-        learning_rate=args.lr,
-        head_learning_rate=args.head_lr,
-        open_cls=not args.keep_cls,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        device=device,
-    )
-    extra: dict[str, object] = {"train_config": train_config.to_dict()}
-    if args.lists == "replay":
-        version = IndexVersion.load(args.index)
-        ranker, report = fit_ranker(events, products, version.store, config, train_config)
-        extra["index"] = version.version
-        blend = None
-    else:
-        lists_config = ColdStartListConfig(
-            windows=args.windows,
-            window_days=args.window_days,
-            retrieval=args.retrieval,
-            max_users=args.max_users,
-            positives=args.positives,
-        )
-        known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
-        vectors = encode_product_vectors(
-            known,
-            text=list_text_config(args.text_model),
-            image_tower=args.image_tower,
-            cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
-            device=device,
-            progress=not args.no_progress,
-        )
-        if args.blend_only:
-            return _blend_only(args, events, products, vectors, cutoff, train_config, lists_config)
-        ranker, report, blend, built = fit_cold_start_ranker(
-            events, products, vectors, cutoff, config, train_config, lists_config
-        )
-        extra.update(
-            {
-                "lists": "cold-start",
-                "cutoff": cutoff.isoformat(),
-                "lists_config": lists_config.to_dict(),
-                "windows": built.windows,
-                "image_tower": str(args.image_tower) if args.image_tower else None,
-                # None: the bundled MiniLM. distill-ranker rebuilds the lists with it.
-                "text_model": args.text_model,
-            }
-        )
-    summary = {k: v for k, v in report.to_dict().items() if k != "history"}
-    out = ranker.save(args.out, extra={**extra, **summary, "history": report.to_dict()["history"]})
-    result: dict[str, object] = {"artifact": str(out), **summary}
-    if blend is not None:
-        blend.save(out)
-        result["blend"] = blend.to_dict()
-    print(json.dumps(result, indent=2, default=str))
-    return 0
-
-
-def _blend_only(
-    args: argparse.Namespace,
-    events: Sequence[Interaction],
-    products: dict[str, Product],
-    vectors: Mapping[str, ProductVectors],
-    cutoff: datetime,
-    train_config: RankerTrainConfig,
-    lists_config: ColdStartListConfig,
-) -> int:
-    """``train-ranker --blend-only``: a blend for the ranker in ``--out``, nothing trained."""
-    from newarrivals.ranker import PairRanker, load_ranker
-    from newarrivals.ranker.trainer import blend_for_ranker, build_cold_start_lists
-
-    ranker = load_ranker(args.out, device=train_config.device)
-    if not isinstance(ranker, PairRanker):
-        raise NewArrivalsError(f"{args.out} holds no pair ranker to fit a blend for.")
-    built = build_cold_start_lists(
-        events,
-        products,
-        vectors,
-        cutoff,
-        train_config,
-        lists_config,
-        max_context_items=ranker.config.max_context_items,
-    )
-    blend = blend_for_ranker(ranker, built, products, train_config)
-    path = blend.save(args.out)
-    print(json.dumps({"blend_file": str(path), **blend.to_dict()}, indent=2))
+        result = run_train_ranker(job)
+    print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0
 
 
@@ -315,109 +226,43 @@ def _add_distill_ranker(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _cmd_distill_ranker(args: argparse.Namespace) -> int:
-    # Imported here: torch and transformers are slow to import and only this command uses them.
-    from newarrivals.indexer.device import resolve_device
-    from newarrivals.ranker import (
-        CrossEncoderRanker,
-        DistillConfig,
-        RankerTrainConfig,
-        StudentConfig,
-        configure_threads,
-        export_onnx,
-        fit_student,
-    )
-    from newarrivals.ranker.distill import cold_start_lists, replay_lists
-    from newarrivals.ranker.evaluation import encode_product_vectors
-    from newarrivals.ranker.model import read_manifest
-    from newarrivals.ranker.trainer import ColdStartListConfig
+    # Imported here: the pipeline loads training code, which only this command needs.
+    from newarrivals.ranker.training.distill import DistillConfig
+    from newarrivals.ranker.training.pipeline import DistillJob, run_distill
+    from newarrivals.ranker.training.student_init import StudentConfig
 
-    configure_threads(args.threads)
-    device = resolve_device(args.device)
-    student_config = StudentConfig(
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        context_tokens=args.context_tokens,
-        candidate_tokens=args.candidate_tokens,
-        init=args.init,
-        architecture=args.architecture,
-        seed=args.seed,
+    job = DistillJob(
+        teacher=args.teacher,
+        catalog=args.catalog,
+        out=args.out,
+        index=args.index,
+        before=utc_day("--before", args.before),
+        image_tower=args.image_tower,
+        text_model=args.text_model,
+        cache_dir=args.cache_dir,
+        student=StudentConfig(
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            context_tokens=args.context_tokens,
+            candidate_tokens=args.candidate_tokens,
+            init=args.init,
+            architecture=args.architecture,
+            seed=args.seed,
+        ),
+        distill=DistillConfig(
+            epochs=args.epochs,
+            max_minutes=args.minutes,
+            learning_rate=args.lr,
+            batch_lists=args.batch_lists,
+            label_weight=args.label_weight,
+            seed=args.seed,
+        ),
+        onnx=tuple(args.onnx or ()),
+        threads=args.threads,
+        device=args.device,
     )
-    distill_config = DistillConfig(
-        epochs=args.epochs,
-        max_minutes=args.minutes,
-        learning_rate=args.lr,
-        batch_lists=args.batch_lists,
-        label_weight=args.label_weight,
-        seed=args.seed,
-        device=device,
-    )
-    # The teacher's own list recipe and user split, so its held-out users stay held out.
-    training = read_manifest(args.teacher).get("training", {})
-    train_config = RankerTrainConfig.from_dict(
-        {**training.get("train_config", {}), "device": device}
-    )
-    teacher = CrossEncoderRanker.load(args.teacher, device=device)
-    catalog = read_catalog(args.catalog)
-    products = {p.product_id: p for p in catalog.products}
-    max_items = teacher.config.max_context_items
-    extra: dict[str, object] = {"teacher": str(args.teacher), "lists": "replay"}
-    if training.get("lists") == "cold-start":
-        cutoff = utc_day("--before", args.before or str(training["cutoff"]))
-        if cutoff is None:
-            raise NewArrivalsError("the teacher records no cutoff; pass --before.")
-        tower = args.image_tower or training.get("image_tower")
-        known = [p for p in catalog.products if p.launched_at is None or p.launched_at < cutoff]
-        text_model = args.text_model or training.get("text_model")
-        vectors = encode_product_vectors(
-            known,
-            text=list_text_config(None if text_model is None else str(text_model)),
-            image_tower=Path(tower) if tower else None,
-            cache_dir=(args.cache_dir or Path("~/.cache/newarrivals/embeddings")).expanduser(),
-            device=device,
-        )
-        lists_config = ColdStartListConfig(**training.get("lists_config", {}))
-        train, val, _ = cold_start_lists(
-            catalog.interactions,
-            products,
-            vectors,
-            cutoff,
-            train_config,
-            lists_config,
-            max_context_items=max_items,
-        )
-        extra.update(
-            {"lists": "cold-start", "cutoff": cutoff.isoformat(), "text_model": text_model}
-        )
-    else:
-        if args.index is None:
-            raise NewArrivalsError(
-                "the teacher was trained on replay lists: pass --index (hard negatives come "
-                "from it)."
-            )
-        version = IndexVersion.load(args.index)
-        before = utc_day("--before", args.before)
-        events = [e for e in catalog.interactions if before is None or e.timestamp < before]
-        train, val = replay_lists(
-            events, products, version.store, train_config, max_context_items=max_items
-        )
-        extra["index"] = version.version
-    student, report = fit_student(teacher, train, val, products, student_config, distill_config)
-    summary = {k: v for k, v in report.to_dict().items() if k != "history"}
-    extra.update(
-        {
-            "teacher_architecture": teacher.architecture,
-            "student_config": student_config.to_dict(),
-            "distill_config": distill_config.to_dict(),
-            "train_config": train_config.to_dict(),
-            **summary,
-        }
-    )
-    out = student.save(args.out, extra=extra)
-    result: dict[str, object] = {"artifact": str(out), **summary}
-    if args.onnx:
-        result["onnx"] = str(export_onnx(student, out / "onnx", precisions=args.onnx, extra=extra))
-    print(json.dumps(result, indent=2))
+    print(json.dumps(run_distill(job).to_dict(), indent=2))
     return 0
 
 

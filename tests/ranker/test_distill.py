@@ -15,30 +15,28 @@ from newarrivals.indexer.errors import ConfigError, UnknownProductError
 from newarrivals.indexer.index.filters import Candidate
 from newarrivals.ranker import (
     CandidateTokenCache,
-    CrossEncoderRanker,
-    DistillConfig,
-    DistillReport,
-    OnnxRanker,
-    OnnxSharedContextRanker,
     Ranker,
     RankerConfig,
-    RankerTrainConfig,
     RankingInputError,
-    SharedContextRanker,
-    StudentConfig,
-    TorchPairRanker,
-    TrainingList,
-    build_student,
-    build_training_lists,
-    configure_threads,
-    distill_ranker,
-    export_onnx,
     load_ranker,
-    rank_agreement,
-    split_by_user,
-    train_ranker,
 )
 from newarrivals.ranker.base import softmax
+from newarrivals.ranker.config import RankerTrainConfig
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker, TorchPairRanker
+from newarrivals.ranker.crossencoder.onnx import OnnxRanker
+from newarrivals.ranker.export import export_onnx
+from newarrivals.ranker.onnx_sessions import configure_threads
+from newarrivals.ranker.student.model import SharedContextRanker
+from newarrivals.ranker.student.onnx import OnnxSharedContextRanker
+from newarrivals.ranker.training.distill import (
+    DistillConfig,
+    DistillReport,
+    distill_ranker,
+    rank_agreement,
+)
+from newarrivals.ranker.training.lists import TrainingList, build_training_lists, split_by_user
+from newarrivals.ranker.training.student_init import StudentConfig, build_student
+from newarrivals.ranker.training.trainer import train_ranker
 
 from .conftest import Shop
 

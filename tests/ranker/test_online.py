@@ -17,8 +17,8 @@ from newarrivals.indexer.evaluation.protocol import split_catalog
 from newarrivals.indexer.index.manifest import FORMAT_VERSION, IndexCounts, IndexManifest
 from newarrivals.indexer.retrieval.users import UserVectorConfig
 from newarrivals.ranker.blend import Blend
-from newarrivals.ranker.evaluation import concat_vectors, feature_columns
-from newarrivals.ranker.online import SERVING_RETRIEVAL, request_blend, request_features
+from newarrivals.ranker.serving.request import SERVING_RETRIEVAL, request_blend, request_features
+from newarrivals.ranker.training.features import concat_vectors, feature_columns
 
 CUTOFF = datetime(2024, 3, 1, tzinfo=UTC)
 DT, DI = 6, 4

@@ -10,27 +10,20 @@ import pytest
 
 from newarrivals.indexer.catalog.schema import EventType, Product
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
+from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
 from newarrivals.indexer.index.filters import Candidate
-from newarrivals.ranker import (
-    CrossEncoderRanker,
-    RankerConfig,
-    RankerTrainConfig,
-    RankerTrainingReport,
-    RankingInputError,
-    build_training_lists,
-    context_item_text,
+from newarrivals.ranker import RankerConfig, RankingInputError, context_item_text, softmax
+from newarrivals.ranker.config import RankerTrainConfig
+from newarrivals.ranker.context import pair_batch
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker
+from newarrivals.ranker.serving.mmr import intra_list_diversity, mmr_order, mmr_rerank
+from newarrivals.ranker.training.lists import build_training_lists, split_by_user
+from newarrivals.ranker.training.metrics import (
     expected_calibration_error,
     fit_temperature,
-    intra_list_diversity,
     list_nll,
-    mmr_order,
-    mmr_rerank,
-    ndcg_at_k,
-    softmax,
-    split_by_user,
-    train_ranker,
 )
-from newarrivals.ranker.context import pair_batch
+from newarrivals.ranker.training.trainer import RankerTrainingReport, train_ranker
 
 from .conftest import COLOURS, Shop
 
@@ -225,7 +218,7 @@ def test_ndcg_ece_and_nll_on_known_values() -> None:
     positives = np.array([0, 1])
     # list 1: rank 1 -> 1.0; list 2: all tied -> mean of ranks 1..3.
     tied = (1.0 + 1.0 / np.log2(3) + 0.5) / 3
-    assert ndcg_at_k(scores, positives, k=10) == pytest.approx((1.0 + tied) / 2)
+    assert one_relevant_ndcg_at_k(scores, positives, k=10) == pytest.approx((1.0 + tied) / 2)
     assert list_nll(scores[1:], positives[1:]) == pytest.approx(np.log(3))
     probs = np.array([[0.9, 0.1], [0.9, 0.1]])
     assert expected_calibration_error(probs, np.array([0, 1]), n_bins=10) == pytest.approx(0.4)

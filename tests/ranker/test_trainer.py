@@ -13,7 +13,7 @@ import pytest
 from newarrivals.indexer.catalog.schema import EventType, Interaction, Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.methods import ProductVectors
-from newarrivals.ranker import CrossEncoderRanker, RankerConfig, RankerTrainConfig
+from newarrivals.ranker import RankerConfig
 from newarrivals.ranker.blend import (
     Blend,
     BlendList,
@@ -21,19 +21,18 @@ from newarrivals.ranker.blend import (
     holdout_warning,
     standardise,
 )
-from newarrivals.ranker.trainer import (
+from newarrivals.ranker.config import RankerTrainConfig
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker
+from newarrivals.ranker.training.cold_start import (
     ColdStartListConfig,
     ColdStartLists,
-    RankerTrainingReport,
-    RerankReport,
-    blend_for_ranker,
     build_cold_start_lists,
-    fit_cold_start_ranker,
-    list_nll,
-    open_cls,
-    rerank_ndcg,
-    split_by_user,
 )
+from newarrivals.ranker.training.fit import fit_cold_start_ranker
+from newarrivals.ranker.training.lists import split_by_user
+from newarrivals.ranker.training.metrics import list_nll, rerank_ndcg
+from newarrivals.ranker.training.rerank_blend import RerankReport, blend_for_ranker
+from newarrivals.ranker.training.trainer import RankerTrainingReport, open_cls
 
 from .conftest import COLOURS, GARMENTS
 
@@ -434,26 +433,44 @@ def test_list_nll_of_a_constant_scorer_is_log_list_size() -> None:
 
 
 def test_early_stopping_keeps_the_best_and_ignores_warmup_epochs() -> None:
+    """The ranker's loops run on the shared loop: warmup epochs use up no patience, the
+    best epoch's weights come back, and the stop reasons name the validation NDCG."""
     import torch
 
-    from newarrivals.ranker.trainer import EarlyStopping
+    from newarrivals.indexer.towers.training_loop import EpochOutcome, TimeBudget, run_epochs
 
     model = torch.nn.Linear(2, 1)
-    stopping = EarlyStopping(model, 0.5, patience=2)
-    # Flat epochs inside the warmup use up no patience.
-    for epoch in (1, 2, 3):
-        stopping.update(model, epoch, 0.5, counts=False)
-        assert stopping.stop_reason(out_of_time=False) is None
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-    stopping.update(model, 4, 0.6)
-    with torch.no_grad():
-        model.weight.fill_(2.0)
-    stopping.update(model, 5, 0.55)
-    assert stopping.stop_reason(out_of_time=False) is None
-    stopping.update(model, 6, 0.55)
-    assert stopping.stop_reason(out_of_time=False) == "no better validation NDCG for 2 epochs"
-    assert stopping.stop_reason(out_of_time=True) == "time limit"
-    stopping.restore(model)
+    # Flat epochs inside the warmup use up no patience; then a better epoch (weights 1.0)
+    # and two worse ones (weights 2.0).
+    plan = {1: (0.5, None), 2: (0.5, None), 3: (0.5, None), 4: (0.6, 1.0), 5: (0.55, 2.0)}
+
+    def epoch(number: int, budget: TimeBudget) -> EpochOutcome[int]:
+        score, weight = plan.get(number, (0.55, None))
+        if weight is not None:
+            with torch.no_grad():
+                model.weight.fill_(weight)
+        return EpochOutcome(number, score, counts_for_patience=number > 3)
+
+    stopping = run_epochs(
+        model,
+        epoch,
+        max_epochs=10,
+        budget=TimeBudget(None),
+        patience=2,
+        initial_score=0.5,
+        score_name="validation NDCG",
+    )
+    assert stopping.records == (1, 2, 3, 4, 5, 6)
+    assert stopping.stop_reason == "no better validation NDCG for 2 epochs"
     assert stopping.best_epoch == 4 and float(model.weight[0, 0]) == 1.0
     assert not model.training
+    ticks = iter([0.0, 30.0, 61.0])
+    timed = run_epochs(
+        model,
+        epoch,
+        max_epochs=10,
+        budget=TimeBudget(1.0, clock=lambda: next(ticks)),
+        patience=2,
+        initial_score=0.5,
+    )
+    assert timed.stop_reason == "time limit"

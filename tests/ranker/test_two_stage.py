@@ -16,17 +16,12 @@ from newarrivals.indexer.evaluation import EvaluateConfig, evaluate
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.metrics import MetricSpec
 from newarrivals.indexer.evaluation.protocol import split_catalog
-from newarrivals.ranker import CrossEncoderRanker, RankerConfig
+from newarrivals.ranker import RankerConfig
 from newarrivals.ranker.blend import Blend
 from newarrivals.ranker.context import UserContext
-from newarrivals.ranker.evaluation import (
-    TwoStageConfig,
-    TwoStageRun,
-    recent_products,
-    rerank_margins,
-    retrieval_method,
-    top_candidates,
-)
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker
+from newarrivals.ranker.training.features import recent_products, retrieval_method, top_candidates
+from newarrivals.ranker.two_stage import TwoStageConfig, TwoStageRun, rerank_margins
 
 CUTOFF = datetime(2024, 3, 1, tzinfo=UTC)
 

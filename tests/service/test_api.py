@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 
 from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Catalog, EventType
-from newarrivals.ranker import CrossEncoderRanker, RankerConfig
+from newarrivals.ranker import RankerConfig
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker
 from newarrivals.service.api import ServeSettings, create_app
 from newarrivals.service.api import queries as queries_module
 from newarrivals.service.api.deps import get_clock
@@ -501,7 +502,7 @@ def test_rerank_orders_by_the_blend_when_it_was_fitted_for_the_serving_index(
     from newarrivals.indexer.encoders.fusion import ConcatLayout
     from newarrivals.indexer.index.version import IndexVersion, latest_version
     from newarrivals.ranker.blend import Blend
-    from newarrivals.ranker.online import SERVING_RETRIEVAL
+    from newarrivals.ranker.serving.request import SERVING_RETRIEVAL
 
     blended = tmp_path / "blended"
     shutil.copytree(ranker_dir, blended)

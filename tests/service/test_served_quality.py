@@ -22,7 +22,7 @@ from newarrivals.indexer.evaluation import EvaluateConfig, resolve_profile
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
 from newarrivals.indexer.evaluation.metrics import ndcg_at_k
 from newarrivals.indexer.index.version import IndexVersion, latest_version
-from newarrivals.ranker.evaluation import retrieval_method
+from newarrivals.ranker.training.features import retrieval_method
 
 
 @pytest.fixture(scope="module")

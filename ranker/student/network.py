@@ -1,6 +1,6 @@
 """The torch modules of the shared-context cross-encoder (imported lazily: torch is heavy).
 
-See :mod:`newarrivals.ranker.shared` for the model; this module only holds the layers.
+See :mod:`newarrivals.ranker.student.model` for the model; this module only holds the layers.
 Post-LayerNorm BERT blocks (attention, GELU feed-forward), with the attention's keys and
 values exposed so a request's context can be encoded once and reused for every candidate.
 """

@@ -1,16 +1,5 @@
 """Distilling the cross-encoder into a small, fast student that serves within the budget.
 
-**Student.** A BERT-style cross-encoder with fewer layers and a narrower hidden size (2
-layers x 128 by default, intermediate 4x, 2 heads) that reads the same pairs
-(``[CLS] context [SEP] candidate [SEP]``) with the teacher's tokenizer and vocabulary,
-under its own, tighter token budgets: a ``transformers`` BERT (``architecture="bert"``) or
-the shared-context encoder of :mod:`newarrivals.ranker.shared`, which encodes the context
-once per request (``architecture="shared-context"``). Its embeddings start as the
-teacher's projected onto their top principal components (``init="pca"``: word embeddings
-centred, position and segment embeddings through the same projection, so the input layer
-starts with the teacher's lexical geometry); the transformer layers and head start
-random. ``init="random"`` starts everything random.
-
 **Lists.** The teacher's own: :func:`replay_lists` or :func:`cold_start_lists` rebuild
 them with the teacher's recorded recipe (``train-ranker`` writes it into the manifest)
 through the trainer's public builders and split the users the same way, so the users the
@@ -32,6 +21,7 @@ fitted on the validation lists (as in :mod:`newarrivals.ranker.trainer`).
 **Agreement.** Besides NDCG, the report gives how closely the student follows the
 teacher on the validation lists: the mean per-list Spearman correlation of their scores,
 the share of lists where both put the same candidate first, and the mean KL divergence.
+
 """
 
 from __future__ import annotations
@@ -39,135 +29,44 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
-from typing import Any, Final
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.catalog.schema import Interaction, Product
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
-from newarrivals.indexer.evaluation import ProductVectors
-from newarrivals.indexer.index.store import ProductIndex
+from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
+from newarrivals.indexer.towers.training_loop import EpochOutcome, TimeBudget, run_epochs
 from newarrivals.indexer.validation import (
-    require_fraction,
     require_int,
     require_known_fields,
     require_positive,
 )
 from newarrivals.ranker.base import softmax
-from newarrivals.ranker.config import RankerTrainConfig
-from newarrivals.ranker.model import CrossEncoderRanker, TorchPairRanker
-from newarrivals.ranker.shared import SharedContextConfig, SharedContextRanker
-from newarrivals.ranker.trainer import (
-    ColdStartListConfig,
-    EarlyStopping,
-    TrainingList,
-    build_cold_start_lists,
-    build_training_lists,
+from newarrivals.ranker.crossencoder.model import CrossEncoderRanker, TorchPairRanker
+from newarrivals.ranker.training.lists import TrainingList
+from newarrivals.ranker.training.metrics import (
     expected_calibration_error,
     fit_temperature,
     list_nll,
-    list_scores,
-    ndcg_at_k,
-    optimiser_step,
-    split_by_user,
 )
+from newarrivals.ranker.training.student_init import StudentConfig, build_student
+from newarrivals.ranker.training.trainer import list_scores, optimiser_step
 
 __all__ = [
-    "STUDENT_ARCHITECTURES",
-    "STUDENT_INITS",
     "DistillConfig",
     "DistillEpoch",
     "DistillReport",
-    "StudentConfig",
-    "build_student",
-    "cold_start_lists",
     "distill_ranker",
     "fit_student",
     "rank_agreement",
-    "replay_lists",
 ]
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-
-#: How a student's weights start (see the module docstring).
-STUDENT_INITS: Final = ("pca", "random")
-#: Student architectures: a plain BERT cross-encoder, or one that encodes the context once
-#: per request (:mod:`newarrivals.ranker.shared`).
-STUDENT_ARCHITECTURES: Final = ("bert", "shared-context")
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """The student's shape and what it reads.
-
-    Args:
-        hidden_size: Width of the encoder (the teacher's MiniLM is 384).
-        num_layers: Encoder layers.
-        num_heads: Attention heads (``hidden_size`` must divide by it).
-        intermediate_size: Feed-forward width; ``None`` means ``4 * hidden_size``.
-        context_tokens: Token budget of the user context.
-        candidate_tokens: Token budget of a candidate's text.
-        init: ``pca`` (teacher embeddings projected, needs ``hidden_size`` <= the
-            teacher's) or ``random``.
-        architecture: ``bert`` (a ``transformers`` BERT cross-encoder) or
-            ``shared-context`` (the context encoded once per request, see
-            :mod:`newarrivals.ranker.shared`).
-        dropout: Dropout in the encoder while training.
-        seed: Seed of the random initialisation.
-
-    Example:
-        >>> StudentConfig(hidden_size=128).intermediate_size
-        512
-    """
-
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int | None = None
-    context_tokens: int = 48
-    candidate_tokens: int = 24
-    init: str = "pca"
-    architecture: str = "bert"
-    dropout: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require_int("hidden_size", self.hidden_size, minimum=4)
-        require_int("num_layers", self.num_layers)
-        require_int("num_heads", self.num_heads)
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads "
-                f"({self.num_heads}); e.g. 128 with 2 heads."
-            )
-        if self.intermediate_size is None:
-            object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
-        require_int("intermediate_size", self.intermediate_size)
-        require_int("context_tokens", self.context_tokens, minimum=8)
-        require_int("candidate_tokens", self.candidate_tokens, minimum=8)
-        if self.init not in STUDENT_INITS:
-            raise ConfigError(f"init must be one of {list(STUDENT_INITS)}, got {self.init!r}.")
-        if self.architecture not in STUDENT_ARCHITECTURES:
-            raise ConfigError(
-                f"architecture must be one of {list(STUDENT_ARCHITECTURES)}, got "
-                f"{self.architecture!r}."
-            )
-        require_fraction("dropout", self.dropout, below_one=True)
-        require_int("seed", self.seed, minimum=0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StudentConfig:
-        require_known_fields(cls, data)
-        return cls(**dict(data))
 
 
 @dataclass(frozen=True)
@@ -295,113 +194,6 @@ class DistillReport:
         return data
 
 
-# -- the student --------------------------------------------------------------------
-
-
-def build_student(teacher: CrossEncoderRanker, config: StudentConfig) -> TorchPairRanker:
-    """A new BERT-style student reading the teacher's vocabulary (see the module docstring).
-
-    Raises:
-        ConfigError: for ``init="pca"`` with a student wider than the teacher, or token
-            budgets beyond the teacher's positions.
-    """
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    t_cfg: Any = teacher.torch_model.config
-    t_hidden = int(t_cfg.hidden_size)
-    if config.init == "pca" and config.hidden_size > t_hidden:
-        raise ConfigError(
-            f"init='pca' projects the teacher's {t_hidden}-wide embeddings, so hidden_size "
-            f"must be <= {t_hidden}, got {config.hidden_size}; use init='random' or a "
-            "narrower student."
-        )
-    tokenizer = teacher.tokenizer
-    settings: dict[str, Any] = {
-        "vocab_size": int(t_cfg.vocab_size),
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "intermediate_size": int(config.intermediate_size or 4 * config.hidden_size),
-        "max_position_embeddings": int(t_cfg.max_position_embeddings),
-        "type_vocab_size": int(getattr(t_cfg, "type_vocab_size", 2)),
-        "hidden_dropout_prob": config.dropout,
-        "attention_probs_dropout_prob": config.dropout,
-        "pad_token_id": int(tokenizer.pad_token_id),
-        "num_labels": 1,
-    }
-    ranker_config = replace(
-        teacher.config,
-        num_layers=config.num_layers,
-        context_tokens=config.context_tokens,
-        candidate_tokens=config.candidate_tokens,
-        seed=config.seed,
-    )
-    student: TorchPairRanker
-    if config.architecture == "shared-context":
-        shape = SharedContextConfig(
-            vocab_size=settings["vocab_size"],
-            hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            intermediate_size=settings["intermediate_size"],
-            max_position_embeddings=settings["max_position_embeddings"],
-            type_vocab_size=settings["type_vocab_size"],
-            dropout=config.dropout,
-            pad_token_id=settings["pad_token_id"],
-        )
-        student = SharedContextRanker.create(
-            shape, tokenizer, ranker_config, seed=config.seed, device=teacher.device
-        )
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model = BertForSequenceClassification(BertConfig(**settings))
-        student = CrossEncoderRanker(model, tokenizer, ranker_config, device=teacher.device)
-    if config.init == "pca":
-        _project_embeddings(teacher.torch_model, student.torch_model, config.hidden_size)
-    arch = student.architecture
-    logger.info(
-        "%s student: %d layers x %d hidden (%d intermediate, %d heads), %.1fM parameters, "
-        "budgets %d/%d tokens, init %s",
-        config.architecture,
-        arch["num_layers"],
-        arch["hidden_size"],
-        arch["intermediate_size"],
-        arch["num_attention_heads"],
-        arch["parameters"] / 1e6,
-        config.context_tokens,
-        config.candidate_tokens,
-        config.init,
-    )
-    return student
-
-
-def _project_embeddings(teacher: Any, student: Any, width: int) -> None:
-    """Student embeddings = the teacher's on their top ``width`` principal components."""
-    import torch
-
-    # A transformers model keeps them under its base model; the shared-context one at the top.
-    t_emb = getattr(teacher, "base_model", teacher).embeddings
-    s_emb = getattr(student, "base_model", student).embeddings
-    with torch.no_grad():
-        words = t_emb.word_embeddings.weight.detach().float().cpu()
-        mean = words.mean(dim=0, keepdim=True)
-        # Right singular vectors of the centred vocabulary = its principal directions.
-        _, _, vh = torch.linalg.svd(words - mean, full_matrices=False)
-        basis = vh[:width].T.contiguous()
-        s_emb.word_embeddings.weight.copy_((words - mean) @ basis)
-        for name in ("position_embeddings", "token_type_embeddings"):
-            source = getattr(t_emb, name, None)
-            target = getattr(s_emb, name, None)
-            if source is not None and target is not None:
-                rows = min(source.weight.shape[0], target.weight.shape[0])
-                target.weight[:rows].copy_(source.weight[:rows].detach().float().cpu() @ basis)
-
-
-# -- metrics --------------------------------------------------------------------------
-
-
 def rank_agreement(student: FloatArray, teacher: FloatArray) -> tuple[float, float]:
     """Mean per-list Spearman correlation, and the share of lists with the same top item.
 
@@ -441,9 +233,6 @@ def _mean_kl(teacher_logits: FloatArray, student_logits: FloatArray) -> float:
     z = student_logits - student_logits.max(axis=1, keepdims=True)
     log_q = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(np.mean((p * (log_p - log_q)).sum(axis=1)))
-
-
-# -- training -------------------------------------------------------------------------
 
 
 class _StudentTokens:
@@ -551,7 +340,7 @@ def distill_ranker(
     t_train_cal = t_train / teacher.temperature
     t_val_cal = t_val / teacher.temperature
     val_pos = np.asarray([lst.positive for lst in val_lists], dtype=np.int64)
-    teacher_ndcg = ndcg_at_k(t_val, val_pos, config.ndcg_k)
+    teacher_ndcg = one_relevant_ndcg_at_k(t_val, val_pos, config.ndcg_k)
     logger.info(
         "teacher scored %d lists of %d in %.1fs; teacher val NDCG@%d %.4f",
         len(train_lists) + len(val_lists),
@@ -568,15 +357,18 @@ def distill_ranker(
     def validate() -> tuple[float, float, float, float, FloatArray]:
         s = _scores(student, val_lists, tokens, size, config.batch_lists * 2)
         rho, top1 = rank_agreement(s, t_val)
-        return ndcg_at_k(s, val_pos, config.ndcg_k), rho, top1, _mean_kl(t_val_cal, s), s
+        return (
+            one_relevant_ndcg_at_k(s, val_pos, config.ndcg_k),
+            rho,
+            top1,
+            _mean_kl(t_val_cal, s),
+            s,
+        )
 
     ndcg_before, rho_before, top1_before, kl_before, _ = validate()
-    stopping = EarlyStopping(model, ndcg_before, config.patience)
-    history: list[DistillEpoch] = []
-    stop_reason = "epochs"
     rng = np.random.default_rng(config.seed)
     tau = config.distill_temperature
-    deadline = None if config.max_minutes is None else time.perf_counter() + 60 * config.max_minutes
+    budget = TimeBudget(config.max_minutes)
     logger.info(
         "distilling: %d train / %d val lists of %d; student val NDCG@%d %.4f, agreement "
         "%.3f before",
@@ -592,8 +384,8 @@ def distill_ranker(
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        out_of_time = False
-        for epoch in range(1, config.epochs + 1):
+
+        def epoch_run(epoch: int, budget: TimeBudget) -> EpochOutcome[DistillEpoch]:
             t0 = time.perf_counter()
             model.train()
             order = rng.permutation(len(train_lists))
@@ -619,15 +411,13 @@ def distill_ranker(
                     ce = torch.nn.functional.cross_entropy(z_s, target)
                     loss = loss + config.label_weight * ce
                 losses.append(optimiser_step(model, optimiser, loss))
-                if deadline is not None and time.perf_counter() > deadline:
-                    out_of_time = True
+                if budget.expired():
                     break
             model.eval()
             ndcg, rho, _, kl_val, _ = validate()
             record = DistillEpoch(
                 epoch, float(np.mean(losses)), ndcg, rho, kl_val, time.perf_counter() - t0
             )
-            history.append(record)
             logger.info(
                 "epoch %d: loss %.4f, val NDCG@%d %.4f, agreement %.3f, KL %.4f (%.1fs)",
                 epoch,
@@ -638,12 +428,17 @@ def distill_ranker(
                 kl_val,
                 record.seconds,
             )
-            stopping.update(model, epoch, ndcg)
-            reason = stopping.stop_reason(out_of_time)
-            if reason is not None:
-                stop_reason = reason
-                break
-    stopping.restore(model)
+            return EpochOutcome(record, ndcg)
+
+        run = run_epochs(
+            model,
+            epoch_run,
+            max_epochs=config.epochs,
+            budget=budget,
+            patience=config.patience,
+            initial_score=ndcg_before,
+            score_name="validation NDCG",
+        )
     ndcg_after, rho_after, top1_after, kl_after, scores = validate()
     ece_before = expected_calibration_error(softmax(scores), val_pos, config.ece_bins)
     temperature = fit_temperature(scores, val_pos)
@@ -662,9 +457,9 @@ def distill_ranker(
         top1_agreement_after=top1_after,
         kl_before=kl_before,
         kl_after=kl_after,
-        best_epoch=stopping.best_epoch,
-        epochs_run=len(history),
-        stop_reason=stop_reason,
+        best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run,
+        stop_reason=run.stop_reason,
         temperature=temperature,
         nll_after_temperature=list_nll(scores, val_pos, temperature),
         ece_before_temperature=ece_before,
@@ -673,7 +468,7 @@ def distill_ranker(
         ),
         teacher_scoring_seconds=teacher_seconds,
         seconds=time.perf_counter() - start,
-        history=tuple(history),
+        history=run.records,
     )
     logger.info(
         "student: val NDCG@%d %.4f -> %.4f (teacher %.4f); agreement %.3f -> %.3f; T=%.3f; "
@@ -688,54 +483,6 @@ def distill_ranker(
         report.ece_after_temperature,
     )
     return report
-
-
-def replay_lists(
-    events: Sequence[Interaction],
-    products: Mapping[str, Product],
-    store: ProductIndex,
-    train_config: RankerTrainConfig,
-    *,
-    max_context_items: int = 10,
-) -> tuple[list[TrainingList], list[TrainingList]]:
-    """Train and validation lists as ``train-ranker --lists replay`` builds and splits them.
-
-    Pass the teacher's recorded ``train_config`` so its validation users stay held out.
-    """
-    lists = build_training_lists(
-        events, products, store, train_config, max_context_items=max_context_items
-    )
-    return split_by_user(lists, train_config.val_fraction, train_config.seed)
-
-
-def cold_start_lists(
-    events: Sequence[Interaction],
-    products: Mapping[str, Product],
-    vectors: Mapping[str, ProductVectors],
-    cutoff: str | datetime,
-    train_config: RankerTrainConfig,
-    lists_config: ColdStartListConfig,
-    *,
-    max_context_items: int = 10,
-) -> tuple[list[TrainingList], list[TrainingList], list[TrainingList]]:
-    """Train, validation and holdout lists as ``train-ranker`` (cold-start windows) builds them.
-
-    The users are split as :func:`~newarrivals.ranker.trainer.fit_cold_start_ranker`
-    splits them (train; the held-out users halved into validation and holdout); distil on
-    train and validation only, so the holdout users stay unseen by teacher and student.
-    """
-    built = build_cold_start_lists(
-        events,
-        products,
-        vectors,
-        cutoff,
-        train_config,
-        lists_config,
-        max_context_items=max_context_items,
-    )
-    train, held = split_by_user(built.lists, train_config.val_fraction, train_config.seed)
-    val, holdout = split_by_user(held, 0.5, train_config.seed + 1)
-    return train, val, holdout
 
 
 def fit_student(

@@ -9,9 +9,11 @@ it
    retrieval row on H&M),
 2. takes the top ``N`` (for each depth in ``depths``; the ranker scores the deepest list once
    and the shallower lists reuse those scores),
-3. re-orders them by the ranker's raw score, or by a :class:`~.blend.Blend` of the ranker
+3. re-orders them by the ranker's raw score, or by a :class:`~newarrivals.ranker.blend.Blend` of
+the ranker
    score with the retrieval stage's signals (:func:`feature_columns`), optionally followed
-   by MMR (:func:`~.mmr.mmr_order`) over the product vectors; a "features blend" row orders
+   by MMR (:func:`~newarrivals.ranker.serving.mmr.mmr_order`) over the product vectors; a "features
+   blend" row orders
    them by the blend's prior, the same features without the ranker, so the ranker's own
    contribution is the difference between the two rows,
 
@@ -31,76 +33,51 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from newarrivals.indexer.catalog.schema import Interaction, Product
-from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode, fuse
-from newarrivals.indexer.encoders.text import TextEncoderConfig
+from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import (
-    ColdItemMethod,
     EvalData,
-    LateFusionMethod,
-    MaxSimilarityMethod,
-    MeanVectorMethod,
     ProductVectors,
-    fuse_vectors,
 )
 from newarrivals.indexer.evaluation.metrics import standard_error
 from newarrivals.indexer.evaluation.report import MethodResult
 from newarrivals.indexer.validation import require_fraction, require_int
 from newarrivals.ranker.blend import Blend
-from newarrivals.ranker.context import UserContext, candidate_text, context_item_text
-from newarrivals.ranker.mmr import intra_list_diversity, mmr_order
+from newarrivals.ranker.context import UserContext, candidate_text
+from newarrivals.ranker.serving.features import candidate_features
+from newarrivals.ranker.serving.mmr import intra_list_diversity, mmr_order
+from newarrivals.ranker.training.features import (
+    FEATURES,
+    RETRIEVAL_METHODS,
+    diversity_vectors,
+    feature_columns,
+    recent_products,
+    top_candidates,
+)
 
 __all__ = [
-    "FEATURES",
-    "RETRIEVAL_METHODS",
     "RankerLike",
     "RerankMargin",
     "TwoStageConfig",
     "TwoStageMethod",
     "TwoStageRun",
-    "candidate_features",
-    "concat_vectors",
-    "diversity_vectors",
-    "encode_product_vectors",
-    "feature_columns",
-    "recent_products",
     "rerank_margins",
-    "retrieval_method",
-    "top_candidates",
 ]
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
-#: ``variant/scoring`` names of the retrieval methods a two-stage run can start from.
-RETRIEVAL_METHODS: Final = (
-    "fused-late/max",
-    "fused-concat/mean",
-    "fused-concat/max",
-    "fused-late/mean",
-    "fused-centred/max",
-    "fused-centred/mean",
-    "text/max",
-    "text/mean",
-    "image/max",
-    "image/mean",
-)
-#: Blend features a two-stage run can supply: the ranker's raw score, the retrieval
-#: method's score, the photo and text max-similarity to the user's products, and the photo
-#: and text similarity to the user's mean vector (the kind of query the serving index runs).
-FEATURES: Final = ("ranker", "retrieval", "image", "text", "image-mean", "text-mean")
+IntArray = npt.NDArray[np.int64]
+
+BoolArray = npt.NDArray[np.bool_]
 
 
 @runtime_checkable
@@ -110,237 +87,6 @@ class RankerLike(Protocol):
     def encode_context(self, recent: Sequence[Product]) -> UserContext: ...
 
     def score(self, context: UserContext, candidate_texts: Sequence[str]) -> FloatArray: ...
-
-
-# -- building blocks ---------------------------------------------------------------
-
-
-def _variant(name: str, vectors: Mapping[str, ProductVectors]) -> ProductVectors:
-    text, image = vectors.get("text"), vectors.get("image")
-    if name in ("text", "image"):
-        found = vectors.get(name)
-        if found is None:
-            raise ConfigError(
-                f"retrieval needs {name} vectors but the run has only {sorted(vectors)}; "
-                f"{'pass --image-tower' if name == 'image' else 'keep the text encoder'} or "
-                "choose another --retrieval."
-            )
-        return found
-    if name == "fused-concat":
-        return concat_vectors(vectors)
-    if text is None or image is None:
-        raise ConfigError(
-            f"{name} retrieval needs text and image vectors, the run has {sorted(vectors)}; "
-            "pass --image-tower or choose text/max (or image/max)."
-        )
-    return fuse_vectors(text, image, centre=True)
-
-
-def concat_vectors(
-    vectors: Mapping[str, ProductVectors], fusion: FusionConfig | None = None
-) -> ProductVectors:
-    """The serving index's own product vectors: ``[w_t t, w_i i]`` renormalised
-    (:func:`~newarrivals.indexer.encoders.fuse`, default weights), so ``fused-concat/mean``
-    scores the cold items as ``newarrivals serve`` retrieves them (a user's weighted mean
-    vector, inner product). Either modality may be missing.
-    """
-    fusion = fusion or FusionConfig()
-    if fusion.mode is not FusionMode.CONCAT:
-        raise ConfigError(f"concat_vectors needs a concat fusion, got {fusion.mode.value!r}.")
-    text, image = vectors.get("text"), vectors.get("image")
-    first = text if text is not None else image
-    if first is None:
-        raise ConfigError("fused-concat retrieval needs text or image vectors; the run has none.")
-    ids = first.product_ids
-    if image is not None and list(image.product_ids) != list(ids):
-        raise ConfigError("text and image vectors must cover the same products in one order.")
-    fused = fuse(
-        fusion,
-        None if text is None else text.vectors,
-        None if text is None else text.present,
-        None if image is None else image.vectors,
-        None if image is None else image.present,
-    )
-    present = np.zeros(len(ids), dtype=bool)
-    for pv in (text, image):
-        if pv is not None:
-            present |= pv.present
-    return ProductVectors(ids, fused.astype(np.float32), present)
-
-
-def retrieval_method(name: str, vectors: Mapping[str, ProductVectors]) -> ColdItemMethod:
-    """The evaluation's retrieval method called ``name`` (one of :data:`RETRIEVAL_METHODS`).
-
-    The returned method carries the same name as the evaluation's own row (e.g.
-    ``fused-late / max similarity``).
-
-    Raises:
-        ConfigError: for an unknown name or missing vectors.
-    """
-    if name not in RETRIEVAL_METHODS:
-        raise ConfigError(
-            f"unknown retrieval {name!r}; choose one of {', '.join(RETRIEVAL_METHODS)}."
-        )
-    variant, _, how = name.partition("/")
-    label = "max similarity" if how == "max" else "mean user vector"
-    cls: type[MaxSimilarityMethod] | type[MeanVectorMethod] = (
-        MaxSimilarityMethod if how == "max" else MeanVectorMethod
-    )
-    if variant == "fused-late":
-        text, image = _variant("text", vectors), _variant("image", vectors)
-        parts = (cls(f"text / {label}", text), cls(f"image / {label}", image))
-        return LateFusionMethod(f"fused-late / {label}", parts)
-    return cls(f"{variant} / {label}", _variant(variant, vectors))
-
-
-def encode_product_vectors(
-    products: Sequence[Product],
-    *,
-    text: TextEncoderConfig | None,
-    image_tower: Path | None,
-    cache_dir: Path,
-    device: str,
-    progress: bool = False,
-) -> dict[str, ProductVectors]:
-    """Text and photo vectors of ``products`` through the embedding cache, as ``evaluate``
-    encodes them (so a ranker trained on them retrieves like the evaluation does).
-
-    Args:
-        products: What to encode.
-        text: The text encoder, or ``None`` for no text vectors.
-        image_tower: An ``align-images`` tower directory, or ``None`` for no photo vectors.
-        cache_dir: The embedding cache (share ``evaluate``'s to encode nothing twice).
-        device: A resolved torch device.
-        progress: Progress bars.
-    """
-    from newarrivals.indexer.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder
-    from newarrivals.indexer.index.encoding import encode_products
-
-    ids = [p.product_id for p in products]
-    out: dict[str, ProductVectors] = {}
-    if text is not None:
-        encoded = encode_products(
-            products,
-            text_encoder=TextEncoder(text, device),
-            image_encoder=None,
-            fusion=FusionConfig(),
-            cache_root=cache_dir,
-            progress=progress,
-        )
-        if encoded.text is not None:
-            out["text"] = ProductVectors(ids, encoded.text, encoded.has_text)
-    if image_tower is not None:
-        if not Path(image_tower).is_dir():
-            raise ConfigError(
-                f"image tower {image_tower} is not a directory; pass the folder written by "
-                "`newarrivals align-images`."
-            )
-        config = ImageEncoderConfig(model=f"local-dir:{Path(image_tower).resolve()}")
-        encoded = encode_products(
-            products,
-            text_encoder=None,
-            image_encoder=ImageEncoder(config, device),
-            fusion=FusionConfig(),
-            cache_root=cache_dir,
-            progress=progress,
-        )
-        if encoded.image is not None:
-            out["image"] = ProductVectors(ids, encoded.image, encoded.has_image)
-    if not out:
-        raise ConfigError("no product vectors: keep the text encoder or pass an image tower.")
-    return out
-
-
-def feature_columns(
-    data: EvalData, retrieval: str, vectors: Mapping[str, ProductVectors]
-) -> dict[str, FloatArray]:
-    """Every blend feature but the ranker's, as ``(n_users, n_items)`` matrices.
-
-    ``retrieval`` is the first stage's score (one of :data:`RETRIEVAL_METHODS`); per modality
-    present in ``vectors`` the max-similarity (``image``, ``text``) and the mean-vector
-    similarity (``image-mean``, ``text-mean``). Max-similarity asks "is it like one thing
-    they bought", the mean vector "is it like what they buy overall"; on H&M's pre-cutoff
-    windows the second adds to a max-similarity retrieval (see the README).
-    """
-    columns = {
-        "retrieval": np.asarray(retrieval_method(retrieval, vectors).score(data), dtype=np.float64)
-    }
-    for name in ("image", "text"):
-        if name in vectors:
-            pv = vectors[name]
-            columns[name] = np.asarray(
-                MaxSimilarityMethod(f"{name} / max similarity", pv).score(data), dtype=np.float64
-            )
-            columns[f"{name}-mean"] = np.asarray(
-                MeanVectorMethod(f"{name} / mean user vector", pv).score(data), dtype=np.float64
-            )
-    return columns
-
-
-def diversity_vectors(vectors: Mapping[str, ProductVectors]) -> ProductVectors | None:
-    """The vectors diversity is measured with: the centred text+photo fusion when both
-    modalities exist (so photo-only products count), else whichever exists."""
-    text, image = vectors.get("text"), vectors.get("image")
-    if text is not None and image is not None and text.dim == image.dim:
-        return fuse_vectors(text, image, centre=True)
-    return text if text is not None else image
-
-
-def recent_products(
-    history: Sequence[Interaction], products: Mapping[str, Product], max_items: int
-) -> list[Product]:
-    """A user's context: their products newest first, each once, only those with text.
-
-    Products without any text (H&M photo-only articles) say nothing to a text model, so
-    they do not take a context slot.
-    """
-    seen: set[str] = set()
-    out: list[Product] = []
-    for item in reversed(history):
-        if item.product_id in seen:
-            continue
-        seen.add(item.product_id)
-        product = products.get(item.product_id)
-        if product is not None and context_item_text(product):
-            out.append(product)
-            if len(out) >= max_items:
-                break
-    return out
-
-
-def top_candidates(scores: npt.ArrayLike, depth: int) -> IntArray:
-    """Positions of the ``depth`` best finite scores, best first (ties: earlier first)."""
-    row = np.asarray(scores, dtype=np.float64)
-    finite = np.flatnonzero(np.isfinite(row))
-    order = finite[np.argsort(-row[finite], kind="stable")]
-    out: IntArray = order[:depth].astype(np.int64)
-    return out
-
-
-def candidate_features(columns: Mapping[str, npt.ArrayLike], names: Sequence[str]) -> FloatArray:
-    """An ``(n, len(names))`` feature matrix from per-candidate columns.
-
-    A non-finite value (a candidate a modality cannot score) becomes the column's smallest
-    finite value, so it ranks last on that feature without breaking the standardisation.
-
-    Raises:
-        ConfigError: naming a feature that is not among ``columns``.
-    """
-    out: list[FloatArray] = []
-    for name in names:
-        if name not in columns:
-            raise ConfigError(
-                f"blend feature {name!r} is not available here (have {sorted(columns)}); an "
-                "image feature needs --image-tower."
-            )
-        col = np.asarray(columns[name], dtype=np.float64).copy()
-        finite = np.isfinite(col)
-        col[~finite] = col[finite].min() if finite.any() else 0.0
-        out.append(col)
-    return np.stack(out, axis=1)
-
-
-# -- the run -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The model is a BERT-style encoder (MiniLM by default) with a fresh 1-logit head
 (``AutoModelForSequenceClassification`` with ``num_labels=1``). For one request it scores
 every candidate in **one** batched forward pass and turns the raw scores ``z`` into a
 softmax over the candidate list, ``p_i = exp(z_i / T) / sum_j exp(z_j / T)``, with the
-temperature ``T`` fitted on validation lists (:mod:`newarrivals.ranker.trainer`).
+temperature ``T`` fitted on validation lists (:mod:`newarrivals.ranker.training.metrics`).
 
 The request path (context tokenised once, per-product candidate token cache, one batched
 pass, softmax) lives in :class:`~newarrivals.ranker.base.PairRanker`, shared with the ONNX
@@ -30,39 +30,37 @@ import numpy as np
 
 from newarrivals.indexer.encoders.text import BUNDLED_MINILM, bundled_minilm_path
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
-from newarrivals.indexer.index.version import library_versions
 from newarrivals.ranker.base import (
     DEFAULT_CACHE_SIZE,
     FloatArray,
     PairRanker,
-    Ranker,
-    RankingInputError,
-    ScoredCandidate,
-    softmax,
 )
 from newarrivals.ranker.config import RankerConfig
 from newarrivals.ranker.context import PairBatch
+from newarrivals.ranker.versions import ranker_library_versions
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "FORMAT_VERSION",
     "MANIFEST_FILE",
     "TORCH_KIND",
     "CrossEncoderRanker",
-    "Ranker",
-    "RankingInputError",
-    "ScoredCandidate",
     "TorchPairRanker",
     "pair_scores",
     "read_manifest",
-    "softmax",
 ]
 
 logger = logging.getLogger(__name__)
 
+
 MANIFEST_FILE: Final = "ranker.json"
+
+
 FORMAT_VERSION: Final = 1
+
+
 #: ``kind`` in the manifest of a torch (``transformers``) ranker, teacher or student.
 TORCH_KIND: Final = "cross-encoder-ranker"
 
@@ -192,7 +190,7 @@ class TorchPairRanker(PairRanker):
             "weights": "model.safetensors",
             **(fields or {}),
             "created_at": datetime.now(UTC).isoformat(),
-            "library_versions": _ranker_library_versions(),
+            "library_versions": ranker_library_versions(),
         }
         if extra is not None:
             manifest["training"] = dict(extra)
@@ -404,15 +402,3 @@ def pair_scores(
     out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
     logits: torch.Tensor = out.logits[:, 0]
     return logits
-
-
-def _ranker_library_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    found = library_versions()
-    for name in ("transformers", "tokenizers", "safetensors"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found

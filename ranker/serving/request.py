@@ -1,6 +1,7 @@
 """The blend at request time: its features for one candidate list, read off the index.
 
-The evaluation's blend (:mod:`.blend`) reads, per candidate, the retrieval score, the photo
+The evaluation's blend (:mod:`newarrivals.ranker.blend`) reads, per candidate, the retrieval score,
+the photo
 and text max-similarity to the user's products and the photo and text similarity to the
 user's mean vector. The serving index keeps one vector per product, the concat fusion
 ``[w_t t, w_i i] / norm`` (:func:`~newarrivals.indexer.encoders.fuse`), and each block of
@@ -31,7 +32,7 @@ import numpy.typing as npt
 from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.ranker.blend import Blend
-from newarrivals.ranker.evaluation import candidate_features
+from newarrivals.ranker.serving.features import candidate_features
 
 __all__ = [
     "SERVING_RETRIEVAL",
@@ -41,13 +42,15 @@ __all__ = [
     "request_features",
 ]
 
+FloatArray = npt.NDArray[np.float64]
+
+
 #: The evaluation's name for the first stage the serving index runs by default.
 SERVING_RETRIEVAL: Final = "fused-concat/mean"
+
+
 #: The evaluation's name for each serving first stage (``NEWARRIVALS_RETRIEVAL``).
 SERVING_RETRIEVALS: Final = {"mean": SERVING_RETRIEVAL, "late-max": "fused-late/max"}
-
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 def request_features(
@@ -69,7 +72,8 @@ def request_features(
     Returns:
         Columns by feature name, each ``(n,)``; ``NaN`` where a feature cannot score a
         candidate (it lacks the modality, or the user has nothing in it), which
-        :func:`~.evaluation.candidate_features` turns into the column's minimum.
+        :func:`~newarrivals.ranker.serving.features.candidate_features` turns into the column's
+        minimum.
     """
     cand = layout.split(candidates)
     n = next(iter(cand.values()))[0].shape[0]

@@ -21,11 +21,9 @@ import numpy.typing as npt
 from newarrivals.indexer.errors import ConfigError, UnknownProductError
 from newarrivals.indexer.index.store import ProductIndex
 from newarrivals.indexer.validation import require_fraction, require_int
-from newarrivals.ranker.model import ScoredCandidate
+from newarrivals.ranker.base import ScoredCandidate
 
 __all__ = ["intra_list_diversity", "mmr_order", "mmr_rerank"]
-
-FloatArray = npt.NDArray[np.floating]
 
 
 def _unit(vectors: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -1,0 +1,1 @@
+"""What a request needs beyond the ranker itself: the blend's features and MMR diversity."""
