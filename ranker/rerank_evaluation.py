@@ -21,6 +21,8 @@ from pathlib import Path
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation import EvaluateConfig, EvaluationReport, evaluate
 from newarrivals.ranker.blend import Blend
+from newarrivals.ranker.loading import load_ranker
+from newarrivals.ranker.onnx_sessions import configure_threads
 from newarrivals.ranker.two_stage import (
     RankerLike,
     RerankMargin,
@@ -28,8 +30,6 @@ from newarrivals.ranker.two_stage import (
     TwoStageRun,
     rerank_margins,
 )
-from newarrivals.ranker.loading import load_ranker
-from newarrivals.ranker.onnx_sessions import configure_threads
 
 __all__ = ["RerankEvaluation", "RerankEvaluationConfig", "evaluate_reranked"]
 

@@ -12,7 +12,6 @@ from newarrivals.indexer.catalog.readers import read_catalog
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.index.filters import Candidate, SearchFilter
 
-
 __all__ = [
     "add_query_filters",
     "catalog_titles",

@@ -134,8 +134,8 @@ def _report(config: EvaluateConfig, rerank: RerankEvaluationConfig | None) -> in
 def _rerank_config(args: argparse.Namespace) -> RerankEvaluationConfig:
     """The two-stage flags of ``evaluate --ranker``."""
     from newarrivals.indexer.device import resolve_device
-    from newarrivals.ranker.two_stage import TwoStageConfig
     from newarrivals.ranker.rerank_evaluation import RerankEvaluationConfig
+    from newarrivals.ranker.two_stage import TwoStageConfig
 
     try:
         depths = tuple(int(d) for d in str(args.rerank_n).split(",") if d.strip())
