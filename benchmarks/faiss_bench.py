@@ -36,10 +36,8 @@ from typing import Any
 
 import faiss
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float32]
-IdArray = npt.NDArray[np.int64]
+from newarrivals.indexer.arrays import F32Array, I64Array
 
 K = 10
 BATCH = 64
@@ -85,9 +83,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def normalise(x: FloatArray) -> FloatArray:
+def normalise(x: F32Array) -> F32Array:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit: FloatArray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    unit: F32Array = (x / np.maximum(norms, 1e-12)).astype(np.float32)
     return unit
 
 
@@ -110,14 +108,14 @@ class CatalogueMixture:
         self.weights = weights / weights.sum()
         self.types = types
 
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[FloatArray, IdArray]:
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[F32Array, I64Array]:
         cluster = rng.choice(self.types, size=n, p=self.weights).astype(np.int64)
         z = rng.standard_normal((n, self.rank)).astype(np.float32) * 0.9
         local = np.einsum("nr,nrd->nd", z, self.bases[cluster])
         noise = rng.standard_normal((n, self.dim)).astype(np.float32) * (0.45 / math.sqrt(self.dim))
         return normalise(self.centres[cluster] + local + noise), cluster
 
-    def database(self, n: int, seed: int, chunk: int = 100_000) -> FloatArray:
+    def database(self, n: int, seed: int, chunk: int = 100_000) -> F32Array:
         rng = np.random.default_rng(seed)
         out = np.empty((n, self.dim), dtype=np.float32)
         for start in range(0, n, chunk):
@@ -125,7 +123,7 @@ class CatalogueMixture:
             out[start:stop] = self.sample(stop - start, rng)[0]
         return out
 
-    def user_queries(self, n: int, seed: int) -> FloatArray:
+    def user_queries(self, n: int, seed: int) -> F32Array:
         rng = np.random.default_rng(seed)
         out = np.empty((n, self.dim), dtype=np.float32)
         for i in range(n):
@@ -144,17 +142,17 @@ def index_bytes(index: faiss.Index) -> int:
     return len(faiss.serialize_index(index))
 
 
-def recall_at_k(found: IdArray, truth: IdArray) -> float:
+def recall_at_k(found: I64Array, truth: I64Array) -> float:
     hits = sum(
         len(set(f[f >= 0].tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)
     )
     return hits / truth.size
 
 
-SearchFn = Callable[[FloatArray], IdArray]
+SearchFn = Callable[[F32Array], I64Array]
 
 
-def time_single(search: SearchFn, queries: FloatArray, count: int, budget: float) -> float:
+def time_single(search: SearchFn, queries: F32Array, count: int, budget: float) -> float:
     done = 0
     start = time.perf_counter()
     for i in range(min(count, queries.shape[0])):
@@ -165,7 +163,7 @@ def time_single(search: SearchFn, queries: FloatArray, count: int, budget: float
     return done / (time.perf_counter() - start)
 
 
-def time_batches(search: SearchFn, queries: FloatArray, budget: float) -> tuple[float, IdArray]:
+def time_batches(search: SearchFn, queries: F32Array, budget: float) -> tuple[float, I64Array]:
     """Batch QPS and the ids found, for as many 64-query batches as fit the budget."""
     found = []
     start = time.perf_counter()
@@ -185,11 +183,11 @@ def measure(
     search_params: Any,
     build_s: float,
     size: int,
-    queries: FloatArray,
-    truth: IdArray,
+    queries: F32Array,
+    truth: I64Array,
     args: argparse.Namespace,
 ) -> Row:
-    def search(q: FloatArray) -> IdArray:
+    def search(q: F32Array) -> I64Array:
         _, ids = index.search(q, K, params=search_params)
         return np.asarray(ids, dtype=np.int64)
 
@@ -216,7 +214,7 @@ def measure(
 
 
 def build(
-    factory: str, xb: FloatArray, train_size: int, seed: int
+    factory: str, xb: F32Array, train_size: int, seed: int
 ) -> tuple[faiss.Index, float, float]:
     """Train on a seeded sample and add everything; returns (index, train s, add s)."""
     index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)

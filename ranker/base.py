@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError, NewArrivalsError, UnknownProductError
 from newarrivals.indexer.index.filters import Candidate
@@ -50,8 +51,6 @@ __all__ = [
 #: Products whose candidate token ids a ranker keeps (about 75 MB at 24 tokens each).
 DEFAULT_CACHE_SIZE: Final = 200_000
 
-FloatArray = npt.NDArray[np.float64]
-
 
 class RankingInputError(NewArrivalsError, ValueError):
     """A ranking request cannot be scored (e.g. an empty or duplicated candidate list)."""
@@ -74,12 +73,12 @@ class ScoredCandidate:
     retrieval_score: float
 
 
-def softmax(scores: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
+def softmax(scores: npt.ArrayLike, temperature: float = 1.0) -> F64Array:
     """A numerically stable softmax of ``scores / temperature`` over the last axis."""
     z = np.asarray(scores, dtype=np.float64) / temperature
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    out: FloatArray = e / e.sum(axis=-1, keepdims=True)
+    out: F64Array = e / e.sum(axis=-1, keepdims=True)
     return out
 
 
@@ -291,19 +290,17 @@ class PairRanker(ABC):
     # -- scoring --------------------------------------------------------------------
 
     @abstractmethod
-    def score_batch(self, batch: PairBatch) -> FloatArray:
+    def score_batch(self, batch: PairBatch) -> F64Array:
         """Raw scores ``(len(batch),)`` of a prepared batch (inference, no autograd)."""
 
-    def raw_scores(
-        self, context: UserContext, candidate_ids: Sequence[Sequence[int]]
-    ) -> FloatArray:
+    def raw_scores(self, context: UserContext, candidate_ids: Sequence[Sequence[int]]) -> F64Array:
         """Raw scores of one request: the context's pairs with each candidate, one pass.
 
         Subclasses that can share the context's computation across candidates override it.
         """
         return self.score_batch(self.pairs([(context.token_ids, c) for c in candidate_ids]))
 
-    def score(self, context: UserContext, candidate_texts: Sequence[str]) -> FloatArray:
+    def score(self, context: UserContext, candidate_texts: Sequence[str]) -> F64Array:
         """Raw scores of each candidate text for this context: one batched forward pass.
 
         Raises:

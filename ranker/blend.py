@@ -42,6 +42,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import BoolArray, F64Array
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.indexer.validation import require_int
 
@@ -58,11 +59,8 @@ BLEND_FILE: Final = "blend.json"
 BLEND_FORMAT_VERSION: Final = 1
 HOLDOUT_KEY: Final = "holdout"
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
-
-def standardise(features: npt.ArrayLike) -> FloatArray:
+def standardise(features: npt.ArrayLike) -> F64Array:
     """Each column minus its mean over the rows, over its standard deviation (0 if constant).
 
     Example:
@@ -79,7 +77,7 @@ def standardise(features: npt.ArrayLike) -> FloatArray:
         )
     centred = x - x.mean(axis=0, keepdims=True)
     std = x.std(axis=0, keepdims=True)
-    out: FloatArray = np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
+    out: F64Array = np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
     return out
 
 
@@ -92,7 +90,7 @@ class BlendList:
         relevant: ``(n_candidates,)`` True for the candidates the user really took.
     """
 
-    features: FloatArray
+    features: F64Array
     relevant: BoolArray
 
     def __post_init__(self) -> None:
@@ -177,7 +175,7 @@ class Blend:
             retrieval=self.retrieval,
         )
 
-    def score(self, features: npt.ArrayLike) -> FloatArray:
+    def score(self, features: npt.ArrayLike) -> F64Array:
         """Blended scores of one list's candidates from their raw ``(n, f)`` features."""
         x = standardise(features)
         if x.shape[1] != len(self.features):
@@ -185,7 +183,7 @@ class Blend:
                 f"this blend reads {len(self.features)} features {self.features!r}, got "
                 f"{x.shape[1]} columns."
             )
-        out: FloatArray = x @ np.asarray(self.weights, dtype=np.float64)
+        out: F64Array = x @ np.asarray(self.weights, dtype=np.float64)
         return out
 
     def nll(self, lists: Sequence[BlendList]) -> float:
@@ -281,16 +279,16 @@ def holdout_warning(directory: Path, *, blended: bool = False, why_not: str = ""
 class _Prepared:
     """Standardised lists, stacked: rows of every list, each row's list, relevance weights."""
 
-    x: FloatArray
+    x: F64Array
     list_of_row: npt.NDArray[np.int64]
-    target: FloatArray  # each relevant row 1/|relevant of its list|, others 0
+    target: F64Array  # each relevant row 1/|relevant of its list|, others 0
     n_lists: int
 
 
 def _prepare(lists: Sequence[BlendList], n_features: int) -> _Prepared:
-    xs: list[FloatArray] = []
+    xs: list[F64Array] = []
     owners: list[npt.NDArray[np.int64]] = []
-    targets: list[FloatArray] = []
+    targets: list[F64Array] = []
     kept = 0
     for lst in lists:
         if lst.features.shape[1] != n_features:
@@ -310,8 +308,8 @@ def _prepare(lists: Sequence[BlendList], n_features: int) -> _Prepared:
 
 
 def _objective(
-    w: FloatArray, data: _Prepared, l2: float, prior: FloatArray | None = None
-) -> tuple[float, FloatArray, FloatArray]:
+    w: F64Array, data: _Prepared, l2: float, prior: F64Array | None = None
+) -> tuple[float, F64Array, F64Array]:
     """Loss, gradient and Hessian of the blend objective at ``w`` (``l2`` per list here)."""
     d = w.shape[0]
     delta = w - (prior if prior is not None else 0.0)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import I64Array
 from newarrivals.indexer.catalog.schema import Product, product_document
 
 __all__ = [
@@ -35,8 +35,6 @@ __all__ = [
 ]
 
 CONTEXT_SEPARATOR = " | "
-
-IntArray = npt.NDArray[np.int64]
 
 
 class TokenizerLike(Protocol):
@@ -68,9 +66,9 @@ class UserContext:
 class PairBatch:
     """Padded model inputs for a batch of (context, candidate) pairs, ``(n, length)`` each."""
 
-    input_ids: IntArray
-    token_type_ids: IntArray
-    attention_mask: IntArray
+    input_ids: I64Array
+    token_type_ids: I64Array
+    attention_mask: I64Array
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import BoolArray, F64Array, I64Array
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import (
@@ -73,12 +73,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
-
-IntArray = npt.NDArray[np.int64]
-
-BoolArray = npt.NDArray[np.bool_]
-
 
 @runtime_checkable
 class RankerLike(Protocol):
@@ -86,7 +80,7 @@ class RankerLike(Protocol):
 
     def encode_context(self, recent: Sequence[Product]) -> UserContext: ...
 
-    def score(self, context: UserContext, candidate_texts: Sequence[str]) -> FloatArray: ...
+    def score(self, context: UserContext, candidate_texts: Sequence[str]) -> F64Array: ...
 
 
 @dataclass(frozen=True)
@@ -170,11 +164,11 @@ class _Scored:
     """What every row of a run shares for one :class:`EvalData`, computed once."""
 
     data: EvalData
-    retrieval: FloatArray  # (n_users, n_items)
-    columns: dict[str, FloatArray]  # feature name -> (n_users, n_items), except "ranker"
-    users: IntArray  # the re-ranked users (rows)
-    top: dict[int, IntArray]  # user row -> top max-depth item positions
-    ranker: dict[int, FloatArray]  # user row -> ranker raw scores of top
+    retrieval: F64Array  # (n_users, n_items)
+    columns: dict[str, F64Array]  # feature name -> (n_users, n_items), except "ranker"
+    users: I64Array  # the re-ranked users (rows)
+    top: dict[int, I64Array]  # user row -> top max-depth item positions
+    ranker: dict[int, F64Array]  # user row -> ranker raw scores of top
     diversity: ProductVectors | None
     seconds: float
 
@@ -289,8 +283,8 @@ class TwoStageRun:
         cold = data.split.cold_ids
         texts: dict[int, str] = {}
         deepest = max(config.depths)
-        top: dict[int, IntArray] = {}
-        ranker: dict[int, FloatArray] = {}
+        top: dict[int, I64Array] = {}
+        ranker: dict[int, F64Array] = {}
         started = time.perf_counter()
         for done, u in enumerate(users.tolist(), 1):
             items = top_candidates(retrieval[u], deepest)
@@ -338,7 +332,7 @@ class TwoStageRun:
         use_blend: bool,
         mmr_lambda: float | None,
         features_only: bool = False,
-    ) -> IntArray:
+    ) -> I64Array:
         """Item positions of user row ``u``'s re-ranked head, best first."""
         items = scored.top[u][:depth]
         if not len(items):
@@ -354,10 +348,10 @@ class TwoStageRun:
             vectors = self._vectors_of(scored, items[order])
             picked = mmr_order(relevance[order], vectors, mmr_lambda)
             order = order[np.asarray(picked, dtype=np.int64)]
-        out: IntArray = items[order]
+        out: I64Array = items[order]
         return out
 
-    def _vectors_of(self, scored: _Scored, items: IntArray) -> FloatArray:
+    def _vectors_of(self, scored: _Scored, items: I64Array) -> F64Array:
         pv = scored.diversity
         if pv is None:
             raise ConfigError("MMR needs product vectors; the run has none.")
@@ -366,7 +360,7 @@ class TwoStageRun:
         out[rows >= 0] = pv.vectors[rows[rows >= 0]]
         return out
 
-    def _record_diversity(self, name: str, scored: _Scored, heads: Sequence[IntArray]) -> None:
+    def _record_diversity(self, name: str, scored: _Scored, heads: Sequence[I64Array]) -> None:
         if scored.diversity is None:
             return
         values = []
@@ -408,14 +402,14 @@ class TwoStageMethod:
             how += f"+MMR({self.mmr_lambda:g})"
         return f"two-stage N={self.depth}: {how}"
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         """Scores whose order is the two-stage ranking (retrieval order below the head)."""
         run = self.run
         scored = run._prepare(data)
         n_items = data.n_items
         retrieval = scored.retrieval
         out = retrieval.copy()
-        heads: list[IntArray] = []
+        heads: list[I64Array] = []
         for u in scored.users.tolist():
             full = top_candidates(retrieval[u], n_items)
             # Rank-based scores: the head first in its new order, then the rest as retrieved.

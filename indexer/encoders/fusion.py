@@ -25,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import BoolArray, F64Array
 from newarrivals.indexer.encoders.base import l2_normalize
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.index.manifest import IndexManifest
@@ -39,8 +40,6 @@ __all__ = [
     "late_fuse",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 
 #: A block whose norm is below this is "the product lacks the modality" (fuse() writes 0).
 ABSENT_NORM: Final = 1e-6
@@ -195,12 +194,12 @@ class ConcatLayout:
     def dim(self) -> int:
         return self.blocks[-1][2]
 
-    def split(self, fused: npt.ArrayLike) -> dict[str, tuple[FloatArray, BoolArray]]:
+    def split(self, fused: npt.ArrayLike) -> dict[str, tuple[F64Array, BoolArray]]:
         """Per modality: the unit vectors of ``(n, dim)`` fused rows, and which rows have it."""
         x = np.asarray(fused, dtype=np.float64)
         if x.ndim == 1:
             x = x[None, :]
-        out: dict[str, tuple[FloatArray, BoolArray]] = {}
+        out: dict[str, tuple[F64Array, BoolArray]] = {}
         for name, start, stop in self.blocks:
             block = x[:, start:stop]
             present = np.linalg.norm(block, axis=1) > ABSENT_NORM
@@ -210,7 +209,7 @@ class ConcatLayout:
         return out
 
 
-def late_fuse(parts: Sequence[npt.ArrayLike], axis: int) -> FloatArray:
+def late_fuse(parts: Sequence[npt.ArrayLike], axis: int) -> F64Array:
     """Late fusion of per-modality scores: each part z-normalised along ``axis`` over its
     finite values, then, per item, the mean of the z-scores of the parts that can score it
     (``-inf`` where none can).
@@ -223,8 +222,8 @@ def late_fuse(parts: Sequence[npt.ArrayLike], axis: int) -> FloatArray:
         >>> late_fuse([[1.0, 3.0, float("nan")], [2.0, 2.0, 4.0]], axis=0).round(2).tolist()
         [-0.85, 0.15, 1.41]
     """
-    total: FloatArray | None = None
-    count: FloatArray | None = None
+    total: F64Array | None = None
+    count: F64Array | None = None
     for part in parts:
         raw = np.asarray(part, dtype=np.float64)
         finite = np.isfinite(raw)
@@ -238,5 +237,5 @@ def late_fuse(parts: Sequence[npt.ArrayLike], axis: int) -> FloatArray:
         count = finite.astype(np.float64) if count is None else count + finite
     if total is None or count is None:
         raise ConfigError("late_fuse() needs at least one part.")
-    out: FloatArray = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+    out: F64Array = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
     return out

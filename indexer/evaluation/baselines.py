@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.evaluation.methods import EvalData
@@ -37,7 +37,6 @@ __all__ = [
     "product_attribute",
 ]
 
-FloatArray = npt.NDArray[np.float64]
 _CATEGORY = re.compile(r"^category\[(-?\d+)\]$")
 
 
@@ -101,7 +100,7 @@ class RandomBaseline:
 
     name: str = "random"
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         return np.zeros((data.n_users, data.n_items))
 
 
@@ -112,7 +111,7 @@ class TypePopularity:
     keys: AttributeKeys
     name: str = "popularity of product type (train)"
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         wanted = frozenset(data.split.test_events)
         counts = Counter(
             value
@@ -137,7 +136,7 @@ class AttributeAffinity:
     keys: AttributeKeys
     name: str = "personal attribute affinity"
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         wanted = frozenset(data.split.test_events)
         scores = np.zeros((data.n_users, data.n_items))
         for key, weight in zip(self.keys.keys, self.keys.weights, strict=True):

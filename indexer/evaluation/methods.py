@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import BoolArray, F64Array
 from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.encoders.base import l2_normalize
 from newarrivals.indexer.encoders.fusion import late_fuse
@@ -63,8 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
 _DAY = 86_400.0
 
 
@@ -103,7 +102,7 @@ class ColdItemMethod(Protocol):
     @property
     def name(self) -> str: ...
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         """``(n_test_users, n_cold_items)`` scores, rows in ``split.test_users`` order."""
         ...
 
@@ -184,7 +183,7 @@ def fuse_vectors(
     return ProductVectors(text.product_ids, fused, text.present | image.present)
 
 
-def _cold_matrix(pv: ProductVectors, data: EvalData) -> tuple[FloatArray, BoolArray]:
+def _cold_matrix(pv: ProductVectors, data: EvalData) -> tuple[F64Array, BoolArray]:
     rows = pv.rows(data.split.cold_ids)
     ok = rows >= 0
     cold = np.zeros((len(rows), pv.dim), dtype=np.float64)
@@ -208,7 +207,7 @@ class MeanVectorMethod:
     vectors: ProductVectors
     user_config: UserVectorConfig = field(default_factory=UserVectorConfig)
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         cold, ok = _cold_matrix(self.vectors, data)
         users = np.zeros((data.n_users, self.vectors.dim), dtype=np.float64)
         weights_of = self.user_config.event_weights
@@ -237,7 +236,7 @@ class MaxSimilarityMethod:
     name: str
     vectors: ProductVectors
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         cold, ok = _cold_matrix(self.vectors, data)
         scores = np.zeros((data.n_users, data.n_items), dtype=np.float64)
         for u, user in enumerate(data.split.test_users):
@@ -261,7 +260,7 @@ class LateFusionMethod:
     name: str
     parts: tuple[ColdItemMethod, ...]
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         if not self.parts:
             return np.full((data.n_users, data.n_items), -np.inf)
         return late_fuse([part.score(data) for part in self.parts], axis=1)
@@ -270,7 +269,7 @@ class LateFusionMethod:
 # Trains a user tower on the split's train interactions (nothing after the cutoff) and
 # returns ``(vectors of split.test_users in order, training report)``; run.py adapts
 # newarrivals.indexer.towers.user to this shape.
-UserTowerFit = Callable[[ColdStartSplit, ProductVectors], tuple[FloatArray, dict[str, Any]]]
+UserTowerFit = Callable[[ColdStartSplit, ProductVectors], tuple[F64Array, dict[str, Any]]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -286,7 +285,7 @@ class UserTowerMethod:
     fit: UserTowerFit
     info: dict[str, Any] = field(default_factory=dict)
 
-    def score(self, data: EvalData) -> FloatArray:
+    def score(self, data: EvalData) -> F64Array:
         cold, ok = _cold_matrix(self.vectors, data)
         users, info = self.fit(data.split, self.vectors)
         self.info.update(info)

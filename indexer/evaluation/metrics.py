@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import BoolArray, F64Array, I64Array
 from newarrivals.indexer.errors import ConfigError
 
 __all__ = [
@@ -43,10 +43,6 @@ __all__ = [
     "score_rankings",
     "standard_error",
 ]
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ class MetricSpec:
 class PerUserMetrics:
     """Each metric as a per-user array (users in the order the truth was given)."""
 
-    values: Mapping[str, FloatArray]
+    values: Mapping[str, F64Array]
 
     def mean(self, mask: BoolArray | None = None) -> dict[str, float]:
         return {k: float(np.mean(_pick(v, mask))) for k, v in self.values.items()}
@@ -93,17 +89,17 @@ class PerUserMetrics:
         return {k: standard_error(_pick(v, mask)) for k, v in self.values.items()}
 
 
-def _pick(values: FloatArray, mask: BoolArray | None) -> FloatArray:
+def _pick(values: F64Array, mask: BoolArray | None) -> F64Array:
     return values if mask is None else values[mask]
 
 
-def standard_error(values: FloatArray) -> float:
+def standard_error(values: F64Array) -> float:
     """The standard error of the mean (sample standard deviation / sqrt(n)); 0 for n < 2."""
     n = len(values)
     return float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
-def rank_items(scores: FloatArray, rng: np.random.Generator, k: int) -> IntArray:
+def rank_items(scores: F64Array, rng: np.random.Generator, k: int) -> I64Array:
     """The top ``k`` item positions per row, best first, ties broken at random.
 
     Args:
@@ -122,11 +118,11 @@ def rank_items(scores: FloatArray, rng: np.random.Generator, k: int) -> IntArray
     key = rng.random(clean.shape)
     # lexsort sorts by its last key first: score (descending), then the random key.
     order = np.lexsort((key, -clean), axis=1)
-    top: IntArray = order[:, : min(k, clean.shape[1])].astype(np.int64)
+    top: I64Array = order[:, : min(k, clean.shape[1])].astype(np.int64)
     return top
 
 
-def hits_matrix(ranking: IntArray, truth: Sequence[frozenset[int]]) -> BoolArray:
+def hits_matrix(ranking: I64Array, truth: Sequence[frozenset[int]]) -> BoolArray:
     """``hits[u, r]`` is True when the item at rank ``r`` (0-based) is relevant to user ``u``."""
     if len(ranking) != len(truth):
         raise ConfigError(
@@ -139,30 +135,30 @@ def hits_matrix(ranking: IntArray, truth: Sequence[frozenset[int]]) -> BoolArray
     return hits
 
 
-def recall_at_k(hits: BoolArray, n_relevant: IntArray, k: int) -> FloatArray:
+def recall_at_k(hits: BoolArray, n_relevant: I64Array, k: int) -> F64Array:
     """Per-user share of the relevant items found in the top ``k``."""
     found = hits[:, :k].sum(axis=1).astype(np.float64)
-    out: FloatArray = found / np.maximum(n_relevant, 1)
+    out: F64Array = found / np.maximum(n_relevant, 1)
     return out
 
 
-def ndcg_discounts(k: int) -> FloatArray:
+def ndcg_discounts(k: int) -> F64Array:
     """``1 / log2(r + 1)`` for ranks ``r = 1..k``: the gain of a hit at each rank."""
-    out: FloatArray = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    out: F64Array = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
     return out
 
 
-def ndcg_at_k(hits: BoolArray, n_relevant: IntArray, k: int) -> FloatArray:
+def ndcg_at_k(hits: BoolArray, n_relevant: I64Array, k: int) -> F64Array:
     """Per-user NDCG@k with binary gains; the ideal ranking puts min(|T|, k) hits first."""
     discounts = ndcg_discounts(k)
     dcg = (hits[:, :k] * discounts[: hits[:, :k].shape[1]]).sum(axis=1)
     ideal_cumulative = np.concatenate([[0.0], np.cumsum(discounts)])
     idcg = ideal_cumulative[np.minimum(n_relevant, k)]
-    out: FloatArray = np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+    out: F64Array = np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
     return out
 
 
-def one_relevant_ndcg_at_k(scores: FloatArray, positives: IntArray, k: int) -> float:
+def one_relevant_ndcg_at_k(scores: F64Array, positives: I64Array, k: int) -> float:
     """Mean NDCG@k over score lists with one relevant item each, ties averaged.
 
     Row ``i`` of ``scores`` scores one list whose relevant item is at ``positives[i]``. With
@@ -184,14 +180,14 @@ def one_relevant_ndcg_at_k(scores: FloatArray, positives: IntArray, k: int) -> f
     return total / int(scores.shape[0])
 
 
-def hit_rate_at_k(hits: BoolArray, k: int) -> FloatArray:
+def hit_rate_at_k(hits: BoolArray, k: int) -> F64Array:
     """Per-user 1.0 when any of the top ``k`` is relevant, else 0.0."""
-    out: FloatArray = np.asarray(hits[:, :k].any(axis=1), dtype=np.float64)
+    out: F64Array = np.asarray(hits[:, :k].any(axis=1), dtype=np.float64)
     return out
 
 
 def score_rankings(
-    scores: FloatArray,
+    scores: F64Array,
     truth: Sequence[frozenset[int]],
     *,
     spec: MetricSpec,

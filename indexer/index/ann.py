@@ -42,8 +42,8 @@ from typing import Any, Final
 
 import faiss
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F32Array, I64Array
 from newarrivals.indexer.device import faiss_gpu_count
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.indexer.index import faiss_ops
@@ -61,8 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-IdArray = npt.NDArray[np.int64]
 
 #: Below this many vectors, exact search is fast enough (a 384-d Flat scan of 50,000
 #: vectors takes ~2 ms per query on 2 cores) and needs no training or tuning.
@@ -228,21 +226,21 @@ class VectorIndex(ABC):
         return 0
 
     @abstractmethod
-    def build(self, vectors: FloatArray, ids: IdArray) -> None:
+    def build(self, vectors: F32Array, ids: I64Array) -> None:
         """Replace the contents: train (if the index needs it) and add ``vectors``."""
 
     @abstractmethod
-    def add(self, vectors: FloatArray, ids: IdArray) -> None:
+    def add(self, vectors: F32Array, ids: I64Array) -> None:
         """Add vectors under ids that are not in the index yet."""
 
     @abstractmethod
-    def remove(self, ids: IdArray) -> int:
+    def remove(self, ids: I64Array) -> int:
         """Remove ids (absent ones are ignored); returns how many were removed."""
 
     @abstractmethod
     def search(
-        self, queries: FloatArray, k: int, *, allowed: IdArray | None = None
-    ) -> tuple[FloatArray, IdArray]:
+        self, queries: F32Array, k: int, *, allowed: I64Array | None = None
+    ) -> tuple[F32Array, I64Array]:
         """The ``k`` best ids per query, optionally restricted to ``allowed`` ids.
 
         Args:
@@ -256,7 +254,7 @@ class VectorIndex(ABC):
         """
 
     @abstractmethod
-    def ids(self) -> IdArray:
+    def ids(self) -> I64Array:
         """The live ids, sorted."""
 
     @abstractmethod
@@ -309,7 +307,7 @@ class FaissIndex(VectorIndex):
         self._cpu = cpu_index
         self._kind: faiss_ops.FaissKind = kind
         self._config = config
-        self._live: IdArray = np.empty(0, dtype=np.int64)
+        self._live: I64Array = np.empty(0, dtype=np.int64)
         self._tombstones = 0
         self._gpu: faiss.Index | None = None
         self._gpu_lock = threading.Lock()
@@ -357,12 +355,12 @@ class FaissIndex(VectorIndex):
     def __len__(self) -> int:
         return int(self._live.size)
 
-    def ids(self) -> IdArray:
+    def ids(self) -> I64Array:
         return self._live.copy()
 
     # -- mutation -------------------------------------------------------------------
 
-    def build(self, vectors: FloatArray, ids: IdArray) -> None:
+    def build(self, vectors: F32Array, ids: I64Array) -> None:
         x = self._check_vectors(vectors)
         idx = faiss_ops.check_ids(ids, expected=x.shape[0])
         _, fresh = faiss_ops.new_faiss_index(self._config.factory, self.dim)
@@ -380,7 +378,7 @@ class FaissIndex(VectorIndex):
         self._refresh_ids()
         self._invalidate_gpu()
 
-    def add(self, vectors: FloatArray, ids: IdArray) -> None:
+    def add(self, vectors: F32Array, ids: I64Array) -> None:
         x = self._check_vectors(vectors)
         idx = faiss_ops.check_ids(ids, expected=x.shape[0])
         if x.shape[0] == 0:
@@ -405,7 +403,7 @@ class FaissIndex(VectorIndex):
         self._live = np.concatenate([self._live, fresh]) if appends else np.union1d(self._live, idx)
         self._invalidate_gpu()
 
-    def remove(self, ids: IdArray) -> int:
+    def remove(self, ids: I64Array) -> int:
         idx = np.unique(np.asarray(ids, dtype=np.int64))
         present = idx[np.isin(idx, self._live, assume_unique=True)]
         if present.size == 0:
@@ -433,8 +431,8 @@ class FaissIndex(VectorIndex):
     # -- search ---------------------------------------------------------------------
 
     def search(
-        self, queries: FloatArray, k: int, *, allowed: IdArray | None = None
-    ) -> tuple[FloatArray, IdArray]:
+        self, queries: F32Array, k: int, *, allowed: I64Array | None = None
+    ) -> tuple[F32Array, I64Array]:
         q = self._check_vectors(queries, what="queries")
         if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
@@ -448,7 +446,7 @@ class FaissIndex(VectorIndex):
         scores, ids = self._cpu.search(q, k, params=self._params(selector))
         return faiss_ops.clean_result(scores, ids)
 
-    def _selector(self, allowed: IdArray | None) -> tuple[Any, Any]:
+    def _selector(self, allowed: I64Array | None) -> tuple[Any, Any]:
         """An ``IDSelector`` (or None) and the buffer it points into, to keep alive."""
         if allowed is None:
             if self._tombstones:
@@ -479,8 +477,8 @@ class FaissIndex(VectorIndex):
         return params
 
     def _search_gpu(
-        self, q: FloatArray, k: int, allowed: IdArray | None
-    ) -> tuple[FloatArray, IdArray]:
+        self, q: F32Array, k: int, allowed: I64Array | None
+    ) -> tuple[F32Array, I64Array]:
         with self._gpu_lock:
             gpu = self._gpu_replica()
             if allowed is None:
@@ -541,7 +539,7 @@ class FaissIndex(VectorIndex):
                 f"the index holds duplicate ids {faiss_ops.preview_ids(dup)}; rebuild it."
             )
 
-    def _check_vectors(self, vectors: FloatArray, what: str = "vectors") -> FloatArray:
+    def _check_vectors(self, vectors: F32Array, what: str = "vectors") -> F32Array:
         x = np.asarray(vectors)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(

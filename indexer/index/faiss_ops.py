@@ -12,8 +12,8 @@ from typing import Any, Final, Literal
 
 import faiss
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F32Array, I64Array
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 
 __all__ = [
@@ -35,8 +35,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-IdArray = npt.NDArray[np.int64]
 
 #: FAISS k-means warns below 39 training points per centroid and produces poor centroids.
 MIN_POINTS_PER_CENTROID: Final = 39
@@ -89,17 +87,17 @@ def kind_of(index: faiss.Index) -> FaissKind:
     )
 
 
-def id_map_view(index: faiss.Index) -> IdArray:
+def id_map_view(index: faiss.Index) -> I64Array:
     """A writable numpy view of an IndexIDMap's id map (no copy)."""
     core: Any = faiss.downcast_index(index)
     id_map = core.id_map
     if id_map.size() == 0:
         return np.empty(0, dtype=np.int64)
-    view: IdArray = faiss.rev_swig_ptr(id_map.data(), id_map.size())
+    view: I64Array = faiss.rev_swig_ptr(id_map.data(), id_map.size())
     return view
 
 
-def ivf_ids(index: faiss.Index) -> IdArray:
+def ivf_ids(index: faiss.Index) -> I64Array:
     ivf = faiss.extract_index_ivf(index)
     invlists: Any = ivf.invlists
     parts = []
@@ -113,7 +111,7 @@ def ivf_ids(index: faiss.Index) -> IdArray:
 
 
 def train_index(
-    index: faiss.Index, x: FloatArray, *, factory: str, train_size: int | None, seed: int
+    index: faiss.Index, x: F32Array, *, factory: str, train_size: int | None, seed: int
 ) -> None:
     """Train on a seeded sample of at most ``train_size`` vectors (all when ``None``).
 
@@ -171,7 +169,7 @@ def _find_pq_holder(index: faiss.Index) -> Any:
     return None
 
 
-def check_ids(ids: IdArray, expected: int) -> IdArray:
+def check_ids(ids: I64Array, expected: int) -> I64Array:
     idx = np.ascontiguousarray(np.asarray(ids), dtype=np.int64)
     if idx.ndim != 1 or idx.shape[0] != expected:
         raise ValueError(f"ids must be a 1-d array of {expected} ids, got shape {idx.shape}.")
@@ -183,7 +181,7 @@ def check_ids(ids: IdArray, expected: int) -> IdArray:
     return idx
 
 
-def check_allowed(allowed: IdArray) -> IdArray:
+def check_allowed(allowed: I64Array) -> I64Array:
     a = np.ascontiguousarray(np.asarray(allowed), dtype=np.int64)
     if a.ndim != 1:
         raise ValueError(f"allowed must be a 1-d array of ids, got shape {a.shape}.")
@@ -194,13 +192,13 @@ def check_allowed(allowed: IdArray) -> IdArray:
     return a
 
 
-def clean_result(scores: FloatArray, ids: IdArray) -> tuple[FloatArray, IdArray]:
+def clean_result(scores: F32Array, ids: I64Array) -> tuple[F32Array, I64Array]:
     ids = ids.astype(np.int64, copy=False)
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     return scores, ids
 
 
-def pad_result(result: tuple[FloatArray, IdArray], k: int) -> tuple[FloatArray, IdArray]:
+def pad_result(result: tuple[F32Array, I64Array], k: int) -> tuple[F32Array, I64Array]:
     scores, ids = result
     short = k - ids.shape[1]
     if short <= 0:
@@ -211,11 +209,11 @@ def pad_result(result: tuple[FloatArray, IdArray], k: int) -> tuple[FloatArray, 
     )
 
 
-def empty_result(n: int, k: int) -> tuple[FloatArray, IdArray]:
+def empty_result(n: int, k: int) -> tuple[F32Array, I64Array]:
     return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
 
 
-def preview_ids(values: IdArray, limit: int = 10) -> str:
+def preview_ids(values: I64Array, limit: int = 10) -> str:
     shown = ", ".join(str(int(v)) for v in values[:limit])
     more = f" and {values.size - limit} more" if values.size > limit else ""
     return f"[{shown}]{more}"

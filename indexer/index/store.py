@@ -37,6 +37,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import BoolArray, F32Array, I64Array
 from newarrivals.indexer.catalog.schema import CATEGORY_SEPARATOR, Product
 from newarrivals.indexer.errors import (
     CatalogError,
@@ -57,9 +58,6 @@ __all__ = ["ProductIndex"]
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-IdArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 #: launched_at sentinel for "unknown"; it fails every launched_after comparison.
 NO_LAUNCH: Final = int(np.iinfo(np.int64).min)
@@ -128,13 +126,13 @@ class ProductIndex:
         *,
         config: AnnConfig,
         index: VectorIndex,
-        int_ids: IdArray,
+        int_ids: I64Array,
         product_ids: Sequence[str],
-        vectors: FloatArray,
+        vectors: F32Array,
         category_vocab: Sequence[str],
         category_code: npt.NDArray[np.int32],
         price: npt.NDArray[np.float64],
-        launched_us: IdArray,
+        launched_us: I64Array,
         available: BoolArray,
         next_id: int,
         exact_below: int = 10_000,
@@ -176,7 +174,7 @@ class ProductIndex:
     def build(
         cls,
         products: Sequence[Product],
-        vectors: FloatArray,
+        vectors: F32Array,
         config: AnnConfig,
         *,
         exact_below: int = 10_000,
@@ -246,19 +244,19 @@ class ProductIndex:
         pids = self._pids[self._alive] if self._dead else self._pids
         return [str(p) for p in pids.tolist()]
 
-    def vector(self, product_id: str) -> FloatArray:
+    def vector(self, product_id: str) -> F32Array:
         """A copy of one product's unit vector."""
-        row: FloatArray = self.vectors_for([product_id])[0]
+        row: F32Array = self.vectors_for([product_id])[0]
         return row
 
-    def vectors_for(self, product_ids: Sequence[str]) -> FloatArray:
+    def vectors_for(self, product_ids: Sequence[str]) -> F32Array:
         """Copies of the unit vectors of ``product_ids``, ``(len(product_ids), dim)``."""
         rows = self._rows_of(product_ids)
         return self._vectors[rows].copy()
 
     # -- mutation -------------------------------------------------------------------
 
-    def add(self, products: Sequence[Product], vectors: FloatArray) -> None:
+    def add(self, products: Sequence[Product], vectors: F32Array) -> None:
         """Upsert products: a known id is removed and re-added under a fresh int id.
 
         Args:
@@ -314,7 +312,7 @@ class ProductIndex:
     # -- search ---------------------------------------------------------------------
 
     def search(
-        self, queries: FloatArray, k: int, filter: SearchFilter | None = None
+        self, queries: F32Array, k: int, filter: SearchFilter | None = None
     ) -> list[list[Candidate]]:
         """The best ``k`` products per query that pass ``filter``.
 
@@ -364,7 +362,7 @@ class ProductIndex:
 
     def score_rows(
         self,
-        score: Callable[[FloatArray], npt.NDArray[np.float64]],
+        score: Callable[[F32Array], npt.NDArray[np.float64]],
         filter: SearchFilter | None = None,
         block: int = 8192,
     ) -> tuple[list[str], npt.NDArray[np.float64]]:
@@ -390,7 +388,7 @@ class ProductIndex:
         return [str(self._pids[r]) for r in rows.tolist()], values
 
     def _post_filtered(
-        self, q: FloatArray, want: int, mask: BoolArray, share: float
+        self, q: F32Array, want: int, mask: BoolArray, share: float
     ) -> list[list[Candidate]] | None:
         """Unfiltered search for a few more than ``want``, then drop what ``mask`` refuses.
 
@@ -446,7 +444,7 @@ class ProductIndex:
         every_live_row = np.array_equal(mask, self._alive) if self._dead else bool(mask.all())
         return None if every_live_row else mask
 
-    def _exact(self, q: FloatArray, rows: IdArray | None, k: int) -> tuple[FloatArray, IdArray]:
+    def _exact(self, q: F32Array, rows: I64Array | None, k: int) -> tuple[F32Array, I64Array]:
         """Exact top-``k`` rows among ``rows`` (all live rows when None), blockwise."""
         if rows is None and self._dead:
             rows = np.flatnonzero(self._alive)
@@ -473,7 +471,7 @@ class ProductIndex:
             np.take_along_axis(best_r, order, axis=1),
         )
 
-    def _candidates(self, scores: FloatArray, rows: IdArray) -> list[list[Candidate]]:
+    def _candidates(self, scores: F32Array, rows: I64Array) -> list[list[Candidate]]:
         out: list[list[Candidate]] = []
         for s_row, r_row in zip(scores.tolist(), rows.tolist(), strict=True):
             out.append(
@@ -545,7 +543,7 @@ class ProductIndex:
 
     # -- internals ------------------------------------------------------------------
 
-    def _check_batch(self, products: Sequence[Product], x: np.ndarray[Any, Any]) -> FloatArray:
+    def _check_batch(self, products: Sequence[Product], x: np.ndarray[Any, Any]) -> F32Array:
         """Validate a batch and return unit-norm float32 vectors (a copy)."""
         if x.ndim != 2 or x.shape[0] != len(products) or x.shape[1] != self.dim:
             raise ValueError(
@@ -575,7 +573,7 @@ class ProductIndex:
             faiss.normalize_L2(unit)
         return unit
 
-    def _check_queries(self, queries: FloatArray) -> FloatArray:
+    def _check_queries(self, queries: F32Array) -> F32Array:
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
@@ -589,7 +587,7 @@ class ProductIndex:
             raise ValueError("queries contain NaN or infinite values; fix the query vectors.")
         return q
 
-    def _append(self, products: Sequence[Product], unit: FloatArray, ids: IdArray) -> None:
+    def _append(self, products: Sequence[Product], unit: F32Array, ids: I64Array) -> None:
         codes = np.empty(len(products), dtype=np.int32)
         for i, p in enumerate(products):
             path = normalise_category(CATEGORY_SEPARATOR.join(p.category))
@@ -673,7 +671,7 @@ class ProductIndex:
         elif self._dead > COMPACT_TOMBSTONE_SHARE * self._rows:
             self._compact_rows()
 
-    def _rows_of(self, product_ids: Sequence[str]) -> IdArray:
+    def _rows_of(self, product_ids: Sequence[str]) -> I64Array:
         missing = [p for p in product_ids if p not in self._id_of]
         if missing:
             raise UnknownProductError(
@@ -683,7 +681,7 @@ class ProductIndex:
         int_ids = np.fromiter((self._id_of[p] for p in product_ids), dtype=np.int64)
         return np.searchsorted(self._int_ids, int_ids).astype(np.int64)
 
-    def _rows_of_int(self, int_ids: IdArray) -> IdArray:
+    def _rows_of_int(self, int_ids: I64Array) -> I64Array:
         """Rows of backend result ids; -1 stays -1."""
         if not self._int_ids.size:
             return np.full(int_ids.shape, -1, dtype=np.int64)

@@ -18,13 +18,12 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F32Array, I64Array
 from newarrivals.indexer.errors import IndexIntegrityError
 from newarrivals.indexer.index.ann import AnnConfig, VectorIndex, load_index
 
 __all__ = ["StoreColumns", "read_store", "write_store"]
 
-FloatArray = npt.NDArray[np.float32]
-IdArray = npt.NDArray[np.int64]
 
 FORMAT_VERSION: Final = 1
 INDEX_FILE: Final = "index.faiss"
@@ -39,13 +38,13 @@ class StoreColumns:
     """The live rows of a product index in int-id order, as its files hold them."""
 
     config: AnnConfig
-    int_ids: IdArray
+    int_ids: I64Array
     product_ids: list[str]
-    vectors: FloatArray
+    vectors: F32Array
     category_vocab: list[str]
     category_code: npt.NDArray[np.int32]
     price: npt.NDArray[np.float64]
-    launched_us: IdArray
+    launched_us: I64Array
     available: npt.NDArray[np.bool_]
     next_id: int
 

@@ -64,6 +64,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from newarrivals.indexer.arrays import F32Array
 from newarrivals.indexer.catalog.schema import Interaction
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.indexer.index.version import library_versions
@@ -77,7 +78,6 @@ from newarrivals.indexer.towers.user_config import (
 from newarrivals.indexer.towers.user_data import (
     ArrayProductVectors,
     EventSequences,
-    FloatArray,
     ProductVectors,
     collate_histories,
     unit_rows,
@@ -128,8 +128,8 @@ class UserTower:
 
     @torch.inference_mode()
     def _encode(
-        self, products: FloatArray, seq: EventSequences, at: npt.NDArray[np.float64]
-    ) -> FloatArray:
+        self, products: F32Array, seq: EventSequences, at: npt.NDArray[np.float64]
+    ) -> F32Array:
         """One vector per user of ``seq``, each predicted as of ``at[user]``."""
         matrix = torch.as_tensor(products, device=self.device)
         n = len(seq.user_ids)
@@ -150,7 +150,7 @@ class UserTower:
         product_vectors: npt.ArrayLike,
         *,
         now: datetime | None = None,
-    ) -> tuple[list[str], FloatArray]:
+    ) -> tuple[list[str], F32Array]:
         """Vectors for every user with at least one event on a known product.
 
         Args:
@@ -187,7 +187,7 @@ class UserTower:
         products: ProductVectors,
         *,
         now: datetime | None = None,
-    ) -> FloatArray | None:
+    ) -> F32Array | None:
         """One user's vector from their events (only the last ``max_history`` are read).
 
         Args:
@@ -207,7 +207,7 @@ class UserTower:
         products: ProductVectors,
         *,
         now: datetime | None = None,
-    ) -> list[FloatArray | None]:
+    ) -> list[F32Array | None]:
         """:meth:`vector_for` for many users in batched forward passes."""
         self.check_dim(products.dim)
         if now is not None:
@@ -241,7 +241,7 @@ class UserTower:
         else:
             at = np.full(len(seq.user_ids), now.timestamp(), dtype=np.float64)
         encoded = self._encode(matrix, seq, at)
-        out: list[FloatArray | None] = [None] * len(histories)
+        out: list[F32Array | None] = [None] * len(histories)
         for row, key in enumerate(seq.user_ids):
             out[int(key)] = encoded[row]
         return out

@@ -11,20 +11,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from newarrivals.indexer.arrays import F32Array
 from newarrivals.indexer.catalog.schema import Interaction
 from newarrivals.indexer.towers.user_config import EVENT_CODE
 
 __all__ = [
     "ArrayProductVectors",
     "EventSequences",
-    "FloatArray",
     "HistoryBatch",
     "ProductVectors",
     "collate_histories",
     "unit_rows",
 ]
 
-FloatArray = npt.NDArray[np.float32]
 
 _DAY: Final = 86_400.0
 
@@ -42,7 +41,7 @@ class ProductVectors(Protocol):
 
     def __contains__(self, product_id: object) -> bool: ...
 
-    def vectors_for(self, product_ids: Sequence[str]) -> FloatArray: ...
+    def vectors_for(self, product_ids: Sequence[str]) -> F32Array: ...
 
 
 class ArrayProductVectors:
@@ -71,7 +70,7 @@ class ArrayProductVectors:
                 raise ValueError(f"product id {pid!r} appears twice; ids must be unique.")
             self.row_of[pid] = i
         # Zero rows stay zero (they contribute nothing to a mean and score 0).
-        self.matrix: FloatArray = unit_rows(matrix)
+        self.matrix: F32Array = unit_rows(matrix)
 
     @property
     def dim(self) -> int:
@@ -83,8 +82,8 @@ class ArrayProductVectors:
     def __contains__(self, product_id: object) -> bool:
         return isinstance(product_id, str) and product_id in self.row_of
 
-    def vectors_for(self, product_ids: Sequence[str]) -> FloatArray:
-        rows: FloatArray = self.matrix[[self.row_of[p] for p in product_ids]]
+    def vectors_for(self, product_ids: Sequence[str]) -> F32Array:
+        rows: F32Array = self.matrix[[self.row_of[p] for p in product_ids]]
         return rows
 
 
@@ -161,8 +160,8 @@ def collate_histories(
     )
 
 
-def unit_rows(x: FloatArray) -> FloatArray:
+def unit_rows(x: F32Array) -> F32Array:
     """Rows scaled to unit length; zero rows stay zero."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    out: FloatArray = (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    out: F32Array = (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     return out

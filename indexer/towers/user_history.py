@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from newarrivals.indexer.arrays import F32Array
 from newarrivals.indexer.catalog.schema import EventType, Interaction
 from newarrivals.indexer.towers.user import UserTower
-from newarrivals.indexer.towers.user_data import FloatArray, ProductVectors
+from newarrivals.indexer.towers.user_data import ProductVectors
 
 __all__ = ["UserHistory", "UserHistoryStore"]
 
@@ -29,7 +30,7 @@ class UserHistory:
 
     events: list[Interaction] = field(default_factory=list)
     purchased: set[str] = field(default_factory=set)
-    vector: FloatArray | None = None
+    vector: F32Array | None = None
 
 
 class UserHistoryStore:
@@ -66,12 +67,12 @@ class UserHistoryStore:
     def state(self, user_id: str) -> UserHistory | None:
         return self._users.get(user_id)
 
-    def vector(self, user_id: str) -> FloatArray | None:
+    def vector(self, user_id: str) -> F32Array | None:
         """The user's unit vector as of their latest event, or ``None`` without history."""
         st = self._users.get(user_id)
         return None if st is None else st.vector
 
-    def vector_at(self, user_id: str, now: datetime) -> FloatArray | None:
+    def vector_at(self, user_id: str, now: datetime) -> F32Array | None:
         """The user's vector as of ``now`` (recomputed; time gaps measured to ``now``)."""
         st = self._users.get(user_id)
         return None if st is None else self.tower.vector_for(st.events, self.products, now=now)

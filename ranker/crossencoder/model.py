@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.encoders.text import BUNDLED_MINILM, bundled_minilm_path
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.ranker.base import (
     DEFAULT_CACHE_SIZE,
-    FloatArray,
     PairRanker,
 )
 from newarrivals.ranker.config import RankerConfig
@@ -239,7 +239,7 @@ class TorchPairRanker(PairRanker):
     def forward(self, batch: PairBatch) -> torch.Tensor:
         """Raw scores, shape ``(len(batch),)``, with autograd (the caller picks the mode)."""
 
-    def score_batch(self, batch: PairBatch) -> FloatArray:
+    def score_batch(self, batch: PairBatch) -> F64Array:
         """Raw scores of a prepared batch in eval mode, without autograd."""
         import torch
 
@@ -254,7 +254,7 @@ class TorchPairRanker(PairRanker):
         finally:
             if was_training:
                 self._model.train()
-        scores: FloatArray = out.float().cpu().numpy().astype(np.float64)
+        scores: F64Array = out.float().cpu().numpy().astype(np.float64)
         return scores
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from newarrivals.indexer.errors import IndexIntegrityError
-from newarrivals.ranker.base import DEFAULT_CACHE_SIZE, FloatArray, PairRanker
+from newarrivals.ranker.base import DEFAULT_CACHE_SIZE, PairRanker
 from newarrivals.ranker.config import RankerConfig
 from newarrivals.ranker.context import PairBatch
 from newarrivals.ranker.crossencoder.model import (
@@ -39,6 +39,7 @@ from newarrivals.ranker.crossencoder.model import (
 
 if TYPE_CHECKING:
     import onnxruntime
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.ranker.onnx_sessions import onnx_graphs, require_onnx, session_options
 from newarrivals.ranker.versions import onnx_library_versions
 
@@ -332,10 +333,10 @@ class OnnxRanker(PairRanker):
     def precision(self) -> str:
         return self._precision
 
-    def score_batch(self, batch: PairBatch) -> FloatArray:
+    def score_batch(self, batch: PairBatch) -> F64Array:
         """Raw scores of a prepared batch (one ``session.run``)."""
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float64)
         out = self._session.run(None, _feed(self._session, batch))[0]
-        scores: FloatArray = np.asarray(out, dtype=np.float64).reshape(-1)
+        scores: F64Array = np.asarray(out, dtype=np.float64).reshape(-1)
         return scores

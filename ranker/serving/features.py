@@ -7,14 +7,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.errors import ConfigError
 
 __all__ = ["candidate_features"]
 
-FloatArray = npt.NDArray[np.float64]
 
-
-def candidate_features(columns: Mapping[str, npt.ArrayLike], names: Sequence[str]) -> FloatArray:
+def candidate_features(columns: Mapping[str, npt.ArrayLike], names: Sequence[str]) -> F64Array:
     """An ``(n, len(names))`` feature matrix from per-candidate columns.
 
     A non-finite value (a candidate a modality cannot score) becomes the column's smallest
@@ -23,7 +22,7 @@ def candidate_features(columns: Mapping[str, npt.ArrayLike], names: Sequence[str
     Raises:
         ConfigError: naming a feature that is not among ``columns``.
     """
-    out: list[FloatArray] = []
+    out: list[F64Array] = []
     for name in names:
         if name not in columns:
             raise ConfigError(

@@ -29,6 +29,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.encoders.fusion import ConcatLayout, FusionConfig
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.ranker.blend import Blend
@@ -41,8 +42,6 @@ __all__ = [
     "request_blend",
     "request_features",
 ]
-
-FloatArray = npt.NDArray[np.float64]
 
 
 #: The evaluation's name for the first stage the serving index runs by default.
@@ -59,7 +58,7 @@ def request_features(
     retrieval: npt.ArrayLike,
     recent: npt.ArrayLike,
     user: npt.ArrayLike | None,
-) -> dict[str, FloatArray]:
+) -> dict[str, F64Array]:
     """Every blend feature but the ranker's, for one request's candidate list.
 
     Args:
@@ -83,7 +82,7 @@ def request_features(
     hist = np.asarray(recent, dtype=np.float64).reshape(-1, layout.dim)
     past = layout.split(hist)
     mean = None if user is None else layout.split(np.asarray(user, dtype=np.float64))
-    columns: dict[str, FloatArray] = {"retrieval": scores}
+    columns: dict[str, F64Array] = {"retrieval": scores}
     for name in layout.modalities:
         vectors, has = cand[name]
         seen, seen_has = past[name]
@@ -114,7 +113,7 @@ class RequestBlend:
         retrieval: npt.ArrayLike,
         recent: npt.ArrayLike,
         user: npt.ArrayLike | None,
-    ) -> FloatArray:
+    ) -> F64Array:
         """Blended scores of one list (``ranker``: the cross-encoder's raw scores)."""
         columns = request_features(self.layout, candidates, retrieval, recent, user)
         columns["ranker"] = np.asarray(ranker, dtype=np.float64).reshape(-1)

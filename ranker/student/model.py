@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from newarrivals.indexer.errors import ConfigError, IndexIntegrityError
 from newarrivals.indexer.validation import require_fraction, require_int, require_known_fields
-from newarrivals.ranker.base import DEFAULT_CACHE_SIZE, FloatArray
+from newarrivals.ranker.base import DEFAULT_CACHE_SIZE
 from newarrivals.ranker.config import RankerConfig
 from newarrivals.ranker.context import PairBatch, UserContext
 from newarrivals.ranker.crossencoder.model import (
@@ -45,6 +44,7 @@ from newarrivals.ranker.crossencoder.model import (
 
 if TYPE_CHECKING:
     import torch
+from newarrivals.indexer.arrays import F64Array, I64Array
 from newarrivals.ranker.student.network import SharedContextEncoder
 
 __all__ = [
@@ -56,8 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-IntArray = npt.NDArray[np.int64]
 
 
 SHARED_KIND: Final = "shared-context-ranker"
@@ -132,7 +130,7 @@ class SharedContextConfig:
         return cls(**dict(data))
 
 
-def context_array(tokenizer: Any, context: UserContext) -> IntArray:
+def context_array(tokenizer: Any, context: UserContext) -> I64Array:
     """``[CLS] context [SEP]`` as a ``(1, Lc)`` array."""
     ids = [tokenizer.cls_token_id, *context.token_ids, tokenizer.sep_token_id]
     return np.asarray([ids], dtype=np.int64)
@@ -140,7 +138,7 @@ def context_array(tokenizer: Any, context: UserContext) -> IntArray:
 
 def candidate_arrays(
     tokenizer: Any, candidate_ids: Sequence[Sequence[int]]
-) -> tuple[IntArray, IntArray]:
+) -> tuple[I64Array, I64Array]:
     """``candidate [SEP]`` per row, right-padded, and its mask, ``(n, Ld)`` each."""
     width = max((len(c) + 1 for c in candidate_ids), default=1)
     ids = np.full((len(candidate_ids), width), tokenizer.pad_token_id, dtype=np.int64)
@@ -249,9 +247,7 @@ class SharedContextRanker(TorchPairRanker):
         )
         return scores
 
-    def raw_scores(
-        self, context: UserContext, candidate_ids: Sequence[Sequence[int]]
-    ) -> FloatArray:
+    def raw_scores(self, context: UserContext, candidate_ids: Sequence[Sequence[int]]) -> F64Array:
         """One request: the context encoded once, every candidate against it in one batch."""
         import torch
 
@@ -269,5 +265,5 @@ class SharedContextRanker(TorchPairRanker):
                 )
         finally:
             self._model.train(was_training)
-        scores: FloatArray = out.float().cpu().numpy().astype(np.float64)
+        scores: F64Array = out.float().cpu().numpy().astype(np.float64)
         return scores

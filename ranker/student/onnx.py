@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from newarrivals.indexer.errors import IndexIntegrityError
-from newarrivals.ranker.base import DEFAULT_CACHE_SIZE, FloatArray, PairRanker
+from newarrivals.ranker.base import DEFAULT_CACHE_SIZE, PairRanker
 from newarrivals.ranker.config import RankerConfig
 from newarrivals.ranker.context import PairBatch, UserContext
 from newarrivals.ranker.crossencoder.model import (
@@ -30,6 +29,7 @@ from newarrivals.ranker.crossencoder.model import (
 if TYPE_CHECKING:
     import onnxruntime
     import torch
+from newarrivals.indexer.arrays import F64Array, I64Array
 from newarrivals.ranker.onnx_sessions import onnx_graphs, session_options
 from newarrivals.ranker.student.model import SharedContextRanker, candidate_arrays, context_array
 from newarrivals.ranker.versions import onnx_library_versions
@@ -43,8 +43,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-IntArray = npt.NDArray[np.int64]
 
 
 ONNX_SHARED_KIND: Final = "onnx-shared-context-ranker"
@@ -216,13 +214,13 @@ def export_shared_onnx(
 
 def _run(
     sessions: tuple[onnxruntime.InferenceSession, onnxruntime.InferenceSession],
-    context: IntArray,
-    ids: IntArray,
-    mask: IntArray,
-) -> FloatArray:
+    context: I64Array,
+    ids: I64Array,
+    mask: I64Array,
+) -> F64Array:
     kv = sessions[0].run(None, {"context_ids": context})[0]
     out = sessions[1].run(None, {"candidate_ids": ids, "candidate_mask": mask, "context_kv": kv})[0]
-    scores: FloatArray = np.asarray(out, dtype=np.float64).reshape(-1)
+    scores: F64Array = np.asarray(out, dtype=np.float64).reshape(-1)
     return scores
 
 
@@ -288,13 +286,11 @@ class OnnxSharedContextRanker(PairRanker):
     def precision(self) -> str:
         return self._precision
 
-    def raw_scores(
-        self, context: UserContext, candidate_ids: Sequence[Sequence[int]]
-    ) -> FloatArray:
+    def raw_scores(self, context: UserContext, candidate_ids: Sequence[Sequence[int]]) -> F64Array:
         ids, mask = candidate_arrays(self._tokenizer, candidate_ids)
         return _run(self._sessions, context_array(self._tokenizer, context), ids, mask)
 
-    def score_batch(self, batch: PairBatch) -> FloatArray:
+    def score_batch(self, batch: PairBatch) -> F64Array:
         """Raw scores of a pair batch: rows grouped by context, each group one request."""
         out = np.zeros(len(batch), dtype=np.float64)
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}

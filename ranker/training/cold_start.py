@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.catalog.schema import Catalog, Interaction, Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.methods import EvalData, ProductVectors
@@ -40,8 +40,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float64]
 
 
 #: Blend features in column order; the photo ones only where photo vectors exist. The
@@ -138,7 +136,7 @@ class ColdStartLists:
 
 
 def feature_rows(
-    columns: Mapping[str, FloatArray], u: int, items: Sequence[int]
+    columns: Mapping[str, F64Array], u: int, items: Sequence[int]
 ) -> dict[str, tuple[float, ...]]:
     idx = np.asarray(items, dtype=np.int64)
     matrix = candidate_features({k: v[u, idx] for k, v in columns.items()}, list(columns))

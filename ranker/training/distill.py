@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import CatalogError, ConfigError
 from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
@@ -65,8 +65,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -194,7 +192,7 @@ class DistillReport:
         return data
 
 
-def rank_agreement(student: FloatArray, teacher: FloatArray) -> tuple[float, float]:
+def rank_agreement(student: F64Array, teacher: F64Array) -> tuple[float, float]:
     """Mean per-list Spearman correlation, and the share of lists with the same top item.
 
     Args:
@@ -212,11 +210,9 @@ def rank_agreement(student: FloatArray, teacher: FloatArray) -> tuple[float, flo
     if student.shape[0] == 0:
         return 0.0, 0.0
 
-    def ranks(a: FloatArray) -> FloatArray:
-        out: FloatArray = np.argsort(np.argsort(a, axis=1, kind="stable"), axis=1).astype(
-            np.float64
-        )
-        centred: FloatArray = out - out.mean(axis=1, keepdims=True)
+    def ranks(a: F64Array) -> F64Array:
+        out: F64Array = np.argsort(np.argsort(a, axis=1, kind="stable"), axis=1).astype(np.float64)
+        centred: F64Array = out - out.mean(axis=1, keepdims=True)
         return centred
 
     rs, rt = ranks(student), ranks(teacher)
@@ -226,7 +222,7 @@ def rank_agreement(student: FloatArray, teacher: FloatArray) -> tuple[float, flo
     return float(rho.mean()), float(top1.mean())
 
 
-def _mean_kl(teacher_logits: FloatArray, student_logits: FloatArray) -> float:
+def _mean_kl(teacher_logits: F64Array, student_logits: F64Array) -> float:
     """Mean KL(softmax(teacher) || softmax(student)) over lists."""
     p = softmax(teacher_logits)
     log_p = np.log(np.clip(p, 1e-300, None))
@@ -266,7 +262,7 @@ def _scores(
     tokens: _StudentTokens,
     size: int,
     batch_lists: int,
-) -> FloatArray:
+) -> F64Array:
     out = np.zeros((len(lists), size), dtype=np.float64)
     for lo in range(0, len(lists), batch_lists):
         chunk = lists[lo : lo + batch_lists]
@@ -297,7 +293,7 @@ def distill_ranker(
     products: Mapping[str, Product],
     config: DistillConfig,
     *,
-    teacher_scores: tuple[FloatArray, FloatArray] | None = None,
+    teacher_scores: tuple[F64Array, F64Array] | None = None,
 ) -> DistillReport:
     """Train ``student`` in place on the teacher's scores; keep the best epoch; calibrate.
 
@@ -354,7 +350,7 @@ def distill_ranker(
     model = student.torch_model
     device = student.device
 
-    def validate() -> tuple[float, float, float, float, FloatArray]:
+    def validate() -> tuple[float, float, float, float, F64Array]:
         s = _scores(student, val_lists, tokens, size, config.batch_lists * 2)
         rho, top1 = rank_agreement(s, t_val)
         return (

@@ -15,6 +15,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array, I64Array
 from newarrivals.indexer.catalog.schema import Interaction, Product
 from newarrivals.indexer.encoders.fusion import FusionConfig, FusionMode, fuse
 from newarrivals.indexer.errors import ConfigError
@@ -39,10 +40,6 @@ __all__ = [
     "retrieval_method",
     "top_candidates",
 ]
-
-FloatArray = npt.NDArray[np.float64]
-
-IntArray = npt.NDArray[np.int64]
 
 
 #: ``variant/scoring`` names of the retrieval methods a two-stage run can start from.
@@ -146,7 +143,7 @@ def retrieval_method(name: str, vectors: Mapping[str, ProductVectors]) -> ColdIt
 
 def feature_columns(
     data: EvalData, retrieval: str, vectors: Mapping[str, ProductVectors]
-) -> dict[str, FloatArray]:
+) -> dict[str, F64Array]:
     """Every blend feature but the ranker's, as ``(n_users, n_items)`` matrices.
 
     ``retrieval`` is the first stage's score (one of :data:`RETRIEVAL_METHODS`); per modality
@@ -201,10 +198,10 @@ def recent_products(
     return out
 
 
-def top_candidates(scores: npt.ArrayLike, depth: int) -> IntArray:
+def top_candidates(scores: npt.ArrayLike, depth: int) -> I64Array:
     """Positions of the ``depth`` best finite scores, best first (ties: earlier first)."""
     row = np.asarray(scores, dtype=np.float64)
     finite = np.flatnonzero(np.isfinite(row))
     order = finite[np.argsort(-row[finite], kind="stable")]
-    out: IntArray = order[:depth].astype(np.int64)
+    out: I64Array = order[:depth].astype(np.int64)
     return out

@@ -22,8 +22,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array, I64Array
 from newarrivals.indexer.evaluation.metrics import ndcg_at_k
 from newarrivals.ranker.training.lists import RerankList
 
@@ -31,12 +31,8 @@ __all__ = ["expected_calibration_error", "fit_temperature", "list_nll", "rerank_
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float64]
 
-IntArray = npt.NDArray[np.int64]
-
-
-def rerank_ndcg(scores: Sequence[FloatArray], lists: Sequence[RerankList], k: int) -> float:
+def rerank_ndcg(scores: Sequence[F64Array], lists: Sequence[RerankList], k: int) -> float:
     """Mean NDCG@k of re-rank lists ordered by ``scores`` (one array per list; ties keep the
     list's retrieval order), ideal DCG over each user's items in the window: the
     evaluation's :func:`~newarrivals.indexer.evaluation.metrics.ndcg_at_k` per list."""
@@ -50,7 +46,7 @@ def rerank_ndcg(scores: Sequence[FloatArray], lists: Sequence[RerankList], k: in
     return total / len(lists)
 
 
-def list_nll(scores: FloatArray, positives: IntArray, temperature: float = 1.0) -> float:
+def list_nll(scores: F64Array, positives: I64Array, temperature: float = 1.0) -> float:
     """Mean negative log-probability of the positive under the softmax over its list."""
     z = scores / temperature
     m = z.max(axis=1, keepdims=True)
@@ -58,7 +54,7 @@ def list_nll(scores: FloatArray, positives: IntArray, temperature: float = 1.0) 
     return float(np.mean(log_norm - z[np.arange(z.shape[0]), positives]))
 
 
-def expected_calibration_error(probs: FloatArray, positives: IntArray, n_bins: int = 10) -> float:
+def expected_calibration_error(probs: F64Array, positives: I64Array, n_bins: int = 10) -> float:
     """Top-1 ECE: bins of the top probability vs whether the top candidate is the positive."""
     if probs.shape[0] == 0:
         return 0.0
@@ -76,7 +72,7 @@ def expected_calibration_error(probs: FloatArray, positives: IntArray, n_bins: i
 _LOG_T_RANGE = (math.log(1e-3), math.log(1e3))
 
 
-def fit_temperature(scores: FloatArray, positives: IntArray) -> float:
+def fit_temperature(scores: F64Array, positives: I64Array) -> float:
     """The temperature minimising :func:`list_nll` (grid over log T, then golden section).
 
     A result at the edge of [1e-3, 1e3] means the scores are (nearly) constant or perfectly

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.ranker.base import PairRanker
 from newarrivals.ranker.blend import Blend, BlendList, fit_blend
@@ -33,8 +33,6 @@ from newarrivals.ranker.training.trainer import rerank_scores
 __all__ = ["BLEND_PRIOR", "RerankReport", "blend_for_ranker", "fit_rerank_blend"]
 
 logger = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float64]
 
 
 #: The prior of the features-only fit: retrieval alone (see :mod:`newarrivals.ranker.blend`).
@@ -82,7 +80,7 @@ class RerankReport:
 
 
 def blend_lists(
-    lists: Sequence[RerankList], ranker_scores: Sequence[FloatArray] | None, features: Sequence[str]
+    lists: Sequence[RerankList], ranker_scores: Sequence[F64Array] | None, features: Sequence[str]
 ) -> list[BlendList]:
     out = []
     scores_of = ranker_scores if ranker_scores is not None else [None] * len(lists)

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from newarrivals.indexer.arrays import F64Array, I64Array
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import CatalogError
 from newarrivals.indexer.evaluation.metrics import one_relevant_ndcg_at_k
@@ -58,10 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float64]
-
-IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -166,7 +162,7 @@ def list_scores(
     *,
     batch_lists: int = 16,
     tokens: ListTokens | None = None,
-) -> FloatArray:
+) -> F64Array:
     """Raw scores, ``(len(lists), list size)``, in eval mode."""
     size = check_lists(lists, products)
     tokens = tokens or ListTokens(ranker, lists, products)
@@ -184,7 +180,7 @@ def rerank_scores(
     products: Mapping[str, Product],
     *,
     batch_pairs: int = 256,
-) -> list[FloatArray]:
+) -> list[F64Array]:
     """The ranker's raw scores of each re-rank list's candidates."""
     if not lists:
         return []
@@ -196,7 +192,7 @@ def rerank_scores(
             for lo in range(0, len(pairs), batch_pairs)
         ]
     )
-    out: list[FloatArray] = []
+    out: list[F64Array] = []
     at = 0
     for lst in lists:
         out.append(flat[at : at + len(lst.candidate_ids)])
@@ -204,11 +200,11 @@ def rerank_scores(
     return out
 
 
-def list_positives(lists: Sequence[TrainingList]) -> IntArray:
+def list_positives(lists: Sequence[TrainingList]) -> I64Array:
     return np.asarray([lst.positive for lst in lists], dtype=np.int64)
 
 
-def retrieval_matrix(lists: Sequence[TrainingList]) -> FloatArray | None:
+def retrieval_matrix(lists: Sequence[TrainingList]) -> F64Array | None:
     if not lists or any("retrieval" not in lst.features for lst in lists):
         return None
     return np.asarray([lst.features["retrieval"] for lst in lists], dtype=np.float64)
@@ -315,14 +311,14 @@ def train_ranker(
     model = ranker.torch_model
     k = config.ndcg_k
 
-    def scores_of(lists: Sequence[TrainingList]) -> FloatArray:
+    def scores_of(lists: Sequence[TrainingList]) -> F64Array:
         if not lists:
             return np.zeros((0, size))
         return list_scores(
             ranker, lists, products, batch_lists=config.batch_lists * 2, tokens=tokens
         )
 
-    def ndcg_or_nan(scores: FloatArray | None, positives: IntArray) -> float:
+    def ndcg_or_nan(scores: F64Array | None, positives: I64Array) -> float:
         return (
             math.nan
             if scores is None or not len(positives)

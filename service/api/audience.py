@@ -49,14 +49,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
 from newarrivals.indexer.index.filters import SearchFilter
 from newarrivals.indexer.index.store import ProductIndex
 
 __all__ = ["AudienceIndex", "AudienceResult", "AudienceUser"]
 
-FloatArray = npt.NDArray[np.float32]
 
 #: Extra results fetched per user so that excluding what they bought still leaves K.
 _PURCHASE_HEADROOM: Final = 256

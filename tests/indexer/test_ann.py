@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from newarrivals.indexer.arrays import F32Array, I64Array
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.index.ann import (
     AnnConfig,
@@ -24,16 +25,13 @@ FACTORIES = ["Flat", "HNSW16", "IVF16,Flat", "SQ8", "IVF16,PQ8"]
 # recall@10 against exact Flat, measured on this data and rounded down with headroom.
 RECALL_FLOOR = {"Flat": 1.0, "HNSW16": 0.9, "IVF16,Flat": 0.9, "SQ8": 0.9, "IVF16,PQ8": 0.35}
 
-FloatArray = npt.NDArray[np.float32]
-IdArray = npt.NDArray[np.int64]
 
-
-def _unit(x: npt.NDArray[np.floating]) -> FloatArray:
-    unit: FloatArray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+def _unit(x: npt.NDArray[np.floating]) -> F32Array:
+    unit: F32Array = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     return unit
 
 
-def clustered(n: int, dim: int, seed: int, clusters: int = 24) -> FloatArray:
+def clustered(n: int, dim: int, seed: int, clusters: int = 24) -> F32Array:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim))
     labels = rng.integers(0, clusters, size=n)
@@ -41,18 +39,18 @@ def clustered(n: int, dim: int, seed: int, clusters: int = 24) -> FloatArray:
 
 
 @pytest.fixture(scope="module")
-def data() -> FloatArray:
+def data() -> F32Array:
     return clustered(N, DIM, seed=7)
 
 
 @pytest.fixture(scope="module")
-def queries(data: FloatArray) -> FloatArray:
+def queries(data: F32Array) -> F32Array:
     rng = np.random.default_rng(8)
     return _unit(data[rng.choice(N, 200, replace=False)] + 0.2 * rng.standard_normal((200, DIM)))
 
 
 @pytest.fixture(scope="module")
-def ids() -> IdArray:
+def ids() -> I64Array:
     # Non-contiguous, non-zero-based ids: the backends must not assume ids == rows.
     return np.arange(N, dtype=np.int64) * 3 + 11
 
@@ -61,25 +59,25 @@ def config_for(factory: str) -> AnnConfig:
     return AnnConfig(factory=factory, nprobe=8, ef_search=64, seed=1)
 
 
-def built(factory: str, data: FloatArray, ids: IdArray) -> VectorIndex:
+def built(factory: str, data: F32Array, ids: I64Array) -> VectorIndex:
     index = make_index(config_for(factory), DIM)
     index.build(data, ids)
     return index
 
 
-def recall(found: IdArray, truth: IdArray) -> float:
+def recall(found: I64Array, truth: I64Array) -> float:
     hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
     return hits / truth.size
 
 
 @pytest.fixture(scope="module")
-def exact_truth(data: FloatArray, queries: FloatArray, ids: IdArray) -> IdArray:
+def exact_truth(data: F32Array, queries: F32Array, ids: I64Array) -> I64Array:
     return built("Flat", data, ids).search(queries, K)[1]
 
 
 @pytest.fixture(scope="module")
 def saved(
-    tmp_path_factory: pytest.TempPathFactory, data: FloatArray, ids: IdArray
+    tmp_path_factory: pytest.TempPathFactory, data: F32Array, ids: I64Array
 ) -> dict[str, Path]:
     """Each backend built once (PQ training dominates the suite) and saved."""
     folder = tmp_path_factory.mktemp("built")
@@ -98,7 +96,7 @@ def fresh(factory: str, saved: dict[str, Path]) -> VectorIndex:
 @pytest.mark.parametrize("factory", FACTORIES)
 class TestContract:
     def test_build_counts_every_vector(
-        self, factory: str, saved: dict[str, Path], data: FloatArray, ids: IdArray
+        self, factory: str, saved: dict[str, Path], data: F32Array, ids: I64Array
     ) -> None:
         index = fresh(factory, saved)
         assert len(index) == N
@@ -109,10 +107,10 @@ class TestContract:
         self,
         factory: str,
         saved: dict[str, Path],
-        data: FloatArray,
-        ids: IdArray,
-        queries: FloatArray,
-        exact_truth: IdArray,
+        data: F32Array,
+        ids: I64Array,
+        queries: F32Array,
+        exact_truth: I64Array,
     ) -> None:
         scores, found = fresh(factory, saved).search(queries, K)
         assert found.shape == scores.shape == (queries.shape[0], K)
@@ -121,7 +119,7 @@ class TestContract:
         assert np.all(np.diff(scores, axis=1) <= 1e-5)
 
     def test_stored_vector_finds_itself(
-        self, factory: str, saved: dict[str, Path], data: FloatArray, ids: IdArray
+        self, factory: str, saved: dict[str, Path], data: F32Array, ids: I64Array
     ) -> None:
         _, found = fresh(factory, saved).search(data[:200], K)
         top1 = np.mean(found[:, 0] == ids[:200])
@@ -132,7 +130,7 @@ class TestContract:
             assert in_top10 >= (0.6 if "PQ" in factory else 0.95)
 
     def test_removed_ids_never_come_back(
-        self, factory: str, saved: dict[str, Path], data: FloatArray, ids: IdArray, tmp_path: Path
+        self, factory: str, saved: dict[str, Path], data: F32Array, ids: I64Array, tmp_path: Path
     ) -> None:
         index = fresh(factory, saved)
         gone = ids[::6]
@@ -152,9 +150,9 @@ class TestContract:
         self,
         factory: str,
         saved: dict[str, Path],
-        data: FloatArray,
-        ids: IdArray,
-        queries: FloatArray,
+        data: F32Array,
+        ids: I64Array,
+        queries: F32Array,
         tmp_path: Path,
     ) -> None:
         index = fresh(factory, saved)
@@ -175,9 +173,9 @@ class TestContract:
         self,
         factory: str,
         saved: dict[str, Path],
-        data: FloatArray,
-        ids: IdArray,
-        queries: FloatArray,
+        data: F32Array,
+        ids: I64Array,
+        queries: F32Array,
     ) -> None:
         index = fresh(factory, saved)
         rng = np.random.default_rng(3)
@@ -193,7 +191,7 @@ class TestContract:
             assert np.array_equal(found, expect)
 
     def test_upsert_replaces_vector(
-        self, factory: str, saved: dict[str, Path], data: FloatArray, ids: IdArray
+        self, factory: str, saved: dict[str, Path], data: F32Array, ids: I64Array
     ) -> None:
         index = fresh(factory, saved)
         target = int(ids[5])
@@ -208,7 +206,7 @@ class TestContract:
         assert (near_old[0] == target).sum() <= 1
 
     def test_empty_allowed_and_bad_arguments(
-        self, factory: str, saved: dict[str, Path], data: FloatArray, ids: IdArray
+        self, factory: str, saved: dict[str, Path], data: F32Array, ids: I64Array
     ) -> None:
         index = fresh(factory, saved)
         scores, found = index.search(data[:3], 4, allowed=np.empty(0, dtype=np.int64))
@@ -224,7 +222,7 @@ class TestContract:
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
-def test_allowed_with_huge_ids_uses_batch_selector(factory: str, data: FloatArray) -> None:
+def test_allowed_with_huge_ids_uses_batch_selector(factory: str, data: F32Array) -> None:
     big = np.arange(N, dtype=np.int64) + 2**40  # beyond the bitmap limit
     index = built(factory, data, big)
     allowed = big[100:400]
@@ -233,7 +231,7 @@ def test_allowed_with_huge_ids_uses_batch_selector(factory: str, data: FloatArra
     assert (found >= 0).all()
 
 
-def test_hnsw_removal_uses_tombstones(data: FloatArray, ids: IdArray, tmp_path: Path) -> None:
+def test_hnsw_removal_uses_tombstones(data: F32Array, ids: I64Array, tmp_path: Path) -> None:
     index = built("HNSW16", data, ids)
     assert isinstance(index, FaissIndex)
     index.remove(ids[:10])
@@ -246,13 +244,13 @@ def test_hnsw_removal_uses_tombstones(data: FloatArray, ids: IdArray, tmp_path: 
     assert index.tombstones == 0
 
 
-def test_ivf_with_too_few_vectors_names_both_numbers(data: FloatArray, ids: IdArray) -> None:
+def test_ivf_with_too_few_vectors_names_both_numbers(data: F32Array, ids: I64Array) -> None:
     index = make_index(AnnConfig(factory="IVF1024,Flat"), DIM)
     with pytest.raises(ConfigError, match=r"39936.*3000.*'Flat'"):
         index.build(data, ids)
 
 
-def test_train_size_samples(data: FloatArray, ids: IdArray) -> None:
+def test_train_size_samples(data: F32Array, ids: I64Array) -> None:
     index = make_index(AnnConfig(factory="IVF16,Flat", train_size=700, nprobe=16), DIM)
     index.build(data, ids)
     assert len(index) == N
@@ -260,7 +258,7 @@ def test_train_size_samples(data: FloatArray, ids: IdArray) -> None:
         make_index(AnnConfig(factory="IVF16,Flat", train_size=500), DIM).build(data, ids)
 
 
-def test_add_before_build_on_trained_index_needs_build(data: FloatArray) -> None:
+def test_add_before_build_on_trained_index_needs_build(data: F32Array) -> None:
     index = make_index(AnnConfig(factory="IVF16,Flat"), DIM)
     with pytest.raises(ConfigError, match="needs training"):
         index.add(data[:10], np.arange(10, dtype=np.int64))
@@ -269,7 +267,7 @@ def test_add_before_build_on_trained_index_needs_build(data: FloatArray) -> None
     assert len(flat) == 10
 
 
-def test_appended_and_interleaved_adds_keep_ids_exact(data: FloatArray) -> None:
+def test_appended_and_interleaved_adds_keep_ids_exact(data: F32Array) -> None:
     index = make_index(AnnConfig(), DIM)
     index.add(data[:10], np.arange(10, dtype=np.int64))
     index.add(data[10:20], np.arange(19, 9, -1, dtype=np.int64))  # above all: appended
@@ -338,7 +336,7 @@ def test_auto_factory() -> None:
 @pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs a CUDA GPU and faiss-gpu")
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])
 def test_gpu_matches_cpu(
-    factory: str, data: FloatArray, ids: IdArray, queries: FloatArray, tmp_path: Path
+    factory: str, data: F32Array, ids: I64Array, queries: F32Array, tmp_path: Path
 ) -> None:
     cpu = built(factory, data, ids)
     gpu = make_index(AnnConfig(factory=factory, nprobe=8, seed=1, use_gpu=True), DIM)

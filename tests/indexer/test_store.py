@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
+from newarrivals.indexer.arrays import F32Array
 from newarrivals.indexer.catalog.schema import Product
 from newarrivals.indexer.errors import (
     CatalogError,
@@ -36,11 +36,10 @@ CATEGORIES = [
     (),
 ]
 
-FloatArray = npt.NDArray[np.float32]
 Predicate = Callable[[Product], bool]
 
 
-def make_catalogue(n: int, seed: int) -> tuple[list[Product], FloatArray]:
+def make_catalogue(n: int, seed: int) -> tuple[list[Product], F32Array]:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((20, DIM))
     vectors = centres[rng.integers(0, 20, n)] + 0.6 * rng.standard_normal((n, DIM))
@@ -62,20 +61,20 @@ def make_catalogue(n: int, seed: int) -> tuple[list[Product], FloatArray]:
 
 
 @pytest.fixture(scope="module")
-def catalogue() -> tuple[list[Product], FloatArray]:
+def catalogue() -> tuple[list[Product], F32Array]:
     return make_catalogue(N, seed=3)
 
 
 @pytest.fixture(scope="module")
-def queries() -> FloatArray:
+def queries() -> F32Array:
     rng = np.random.default_rng(4)
     q = rng.standard_normal((40, DIM)).astype(np.float32)
-    unit: FloatArray = q / np.linalg.norm(q, axis=1, keepdims=True)
+    unit: F32Array = q / np.linalg.norm(q, axis=1, keepdims=True)
     return unit
 
 
 def build(
-    catalogue: tuple[list[Product], FloatArray], factory: str = "Flat", **kwargs: object
+    catalogue: tuple[list[Product], F32Array], factory: str = "Flat", **kwargs: object
 ) -> ProductIndex:
     products, vectors = catalogue
     config = AnnConfig(factory=factory, nprobe=4, ef_search=32)
@@ -83,7 +82,7 @@ def build(
 
 
 def brute_force(
-    catalogue: tuple[list[Product], FloatArray], q: FloatArray, k: int, keep: Predicate
+    catalogue: tuple[list[Product], F32Array], q: F32Array, k: int, keep: Predicate
 ) -> list[list[str]]:
     """Exact answer computed independently of ProductIndex."""
     products, vectors = catalogue
@@ -152,7 +151,7 @@ FILTERS: dict[str, tuple[SearchFilter, Predicate]] = {
 
 
 @pytest.fixture(scope="module")
-def flat(catalogue: tuple[list[Product], FloatArray]) -> ProductIndex:
+def flat(catalogue: tuple[list[Product], F32Array]) -> ProductIndex:
     # exact thresholds 0: every filtered search goes through the FAISS selector path.
     return build(catalogue, exact_below=0, exact_fraction=0.0)
 
@@ -161,8 +160,8 @@ def flat(catalogue: tuple[list[Product], FloatArray]) -> ProductIndex:
 def test_each_filter_matches_brute_force(
     name: str,
     flat: ProductIndex,
-    catalogue: tuple[list[Product], FloatArray],
-    queries: FloatArray,
+    catalogue: tuple[list[Product], F32Array],
+    queries: F32Array,
 ) -> None:
     search_filter, keep = FILTERS[name]
     got = ids_of(flat.search(queries, K, search_filter))
@@ -172,7 +171,7 @@ def test_each_filter_matches_brute_force(
 
 @pytest.mark.parametrize("name", sorted(FILTERS))
 def test_exact_subset_path_matches_brute_force(
-    name: str, catalogue: tuple[list[Product], FloatArray], queries: FloatArray
+    name: str, catalogue: tuple[list[Product], F32Array], queries: F32Array
 ) -> None:
     # exact_below above N: every filtered search is the exact subset product.
     store = build(catalogue, "IVF16,Flat", exact_below=N + 1)
@@ -194,7 +193,7 @@ def test_category_prefix_respects_segments(flat: ProductIndex) -> None:
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF16,Flat"])
 def test_tight_filter_still_returns_k(
-    factory: str, catalogue: tuple[list[Product], FloatArray], queries: FloatArray
+    factory: str, catalogue: tuple[list[Product], F32Array], queries: F32Array
 ) -> None:
     # Force the ANN path (exact thresholds 0) with a 1-list probe / tiny beam: under a ~3%
     # filter the approximate answer comes back short and the exact fallback must fill it.
@@ -235,8 +234,8 @@ def _spy_post_filter(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 def test_broad_filter_post_filters_like_the_selector_path(
-    catalogue: tuple[list[Product], FloatArray],
-    queries: FloatArray,
+    catalogue: tuple[list[Product], F32Array],
+    queries: F32Array,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Most products pass (available, minus a few bought): the store searches unfiltered
@@ -260,8 +259,8 @@ def test_broad_filter_post_filters_like_the_selector_path(
 
 
 def test_post_filter_that_comes_back_short_falls_back(
-    catalogue: tuple[list[Product], FloatArray],
-    queries: FloatArray,
+    catalogue: tuple[list[Product], F32Array],
+    queries: F32Array,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Excluding each query's unfiltered top 60 leaves 98% of the index allowed, but
@@ -278,7 +277,7 @@ def test_post_filter_that_comes_back_short_falls_back(
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
 def test_fewer_than_k_only_when_fewer_pass(
-    factory: str, catalogue: tuple[list[Product], FloatArray], queries: FloatArray
+    factory: str, catalogue: tuple[list[Product], F32Array], queries: F32Array
 ) -> None:
     store = build(catalogue, factory, exact_below=0, exact_fraction=0.0)
     few = SearchFilter(
@@ -292,7 +291,7 @@ def test_fewer_than_k_only_when_fewer_pass(
     assert store.search(queries, K, none) == [[] for _ in range(len(queries))]
 
 
-def test_scores_sorted_and_candidates_typed(flat: ProductIndex, queries: FloatArray) -> None:
+def test_scores_sorted_and_candidates_typed(flat: ProductIndex, queries: F32Array) -> None:
     for row in flat.search(queries, K):
         assert all(isinstance(c, Candidate) for c in row)
         scores = [c.score for c in row]
@@ -301,7 +300,7 @@ def test_scores_sorted_and_candidates_typed(flat: ProductIndex, queries: FloatAr
 
 
 def test_vectors_are_unit_copies(
-    flat: ProductIndex, catalogue: tuple[list[Product], FloatArray]
+    flat: ProductIndex, catalogue: tuple[list[Product], F32Array]
 ) -> None:
     v = flat.vector("sku-00001")
     raw = catalogue[1][1]
@@ -328,7 +327,7 @@ def test_unknown_ids(flat: ProductIndex) -> None:
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
 def test_remove_and_upsert(
-    factory: str, catalogue: tuple[list[Product], FloatArray], queries: FloatArray
+    factory: str, catalogue: tuple[list[Product], F32Array], queries: F32Array
 ) -> None:
     products, vectors = catalogue
     store = build(catalogue, factory)
@@ -358,7 +357,7 @@ def test_remove_and_upsert(
     assert top.product_id == "sku-new"
 
 
-def test_hnsw_compacts_after_many_removals(catalogue: tuple[list[Product], FloatArray]) -> None:
+def test_hnsw_compacts_after_many_removals(catalogue: tuple[list[Product], F32Array]) -> None:
     products, vectors = catalogue
     store = build(catalogue, "HNSW16")
     store.remove([p.product_id for p in products[:500]])
@@ -373,8 +372,8 @@ def test_hnsw_compacts_after_many_removals(catalogue: tuple[list[Product], Float
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
 def test_save_load_round_trip(
     factory: str,
-    catalogue: tuple[list[Product], FloatArray],
-    queries: FloatArray,
+    catalogue: tuple[list[Product], F32Array],
+    queries: F32Array,
     tmp_path: Path,
 ) -> None:
     products, vectors = catalogue
@@ -439,7 +438,7 @@ def test_missing_file_and_dim_mismatch(flat: ProductIndex, tmp_path: Path) -> No
         ProductIndex.load(tmp_path)
 
 
-def test_build_rejects_bad_input(catalogue: tuple[list[Product], FloatArray]) -> None:
+def test_build_rejects_bad_input(catalogue: tuple[list[Product], F32Array]) -> None:
     products, vectors = catalogue
     config = AnnConfig()
     with pytest.raises(CatalogError, match="'sku-00000'"):

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.validation import (
@@ -28,14 +27,10 @@ __all__ = [
     "STREAM_IMAGES",
     "STREAM_PRODUCTS",
     "STREAM_USERS",
-    "FloatArray",
-    "IntArray",
     "SynthConfig",
     "random_stream",
 ]
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 
 SECONDS_PER_DAY = 86_400
 

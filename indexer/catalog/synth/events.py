@@ -12,14 +12,13 @@ from datetime import timedelta
 
 import numpy as np
 
+from newarrivals.indexer.arrays import F64Array, I64Array
 from newarrivals.indexer.catalog.schema import Catalog, EventType, Interaction, Product
 from newarrivals.indexer.catalog.synth.config import (
     SECONDS_PER_DAY,
     STREAM_EVENTS,
     STREAM_PRODUCTS,
     STREAM_USERS,
-    FloatArray,
-    IntArray,
     SynthConfig,
     random_stream,
 )
@@ -35,7 +34,7 @@ from newarrivals.indexer.catalog.synth.vocabulary import (
 __all__ = ["generate"]
 
 
-def _make_tastes(config: SynthConfig, rng: np.random.Generator) -> dict[str, FloatArray]:
+def _make_tastes(config: SynthConfig, rng: np.random.Generator) -> dict[str, F64Array]:
     """Per attribute, an ``(n_users, n_values)`` matrix of taste probabilities."""
     tastes = {}
     for attribute in TASTE_ATTRIBUTES:
@@ -45,7 +44,7 @@ def _make_tastes(config: SynthConfig, rng: np.random.Generator) -> dict[str, Flo
     return tastes
 
 
-def _attribute_indices(products: Sequence[Product]) -> dict[str, IntArray]:
+def _attribute_indices(products: Sequence[Product]) -> dict[str, I64Array]:
     out = {}
     for attribute in TASTE_ATTRIBUTES:
         position = {v: i for i, v in enumerate(attribute_values(attribute))}
@@ -59,15 +58,15 @@ def _attribute_indices(products: Sequence[Product]) -> dict[str, IntArray]:
 class _Pool:
     """Products sorted by launch, with launch offsets, for prefix sampling by time."""
 
-    order: IntArray
-    launch: IntArray
+    order: I64Array
+    launch: I64Array
 
     @classmethod
-    def of(cls, indices: IntArray, launch_s: IntArray) -> _Pool:
+    def of(cls, indices: I64Array, launch_s: I64Array) -> _Pool:
         order = indices[np.argsort(launch_s[indices], kind="stable")]
         return cls(order, launch_s[order])
 
-    def sample(self, weights: FloatArray, times: FloatArray, rng: np.random.Generator) -> IntArray:
+    def sample(self, weights: F64Array, times: F64Array, rng: np.random.Generator) -> I64Array:
         """For each time, a product launched by then, drawn ∝ weight; -1 where none exists.
 
         A cumulative sum over launch order turns "launched by t" into a prefix, so each
@@ -85,7 +84,7 @@ class _Pool:
 
 def _simulate_user(
     config: SynthConfig,
-    utility: FloatArray,
+    utility: F64Array,
     old: _Pool,
     new: _Pool,
     rng: np.random.Generator,
@@ -125,10 +124,10 @@ def _simulate_user(
 def _simulate_events(
     config: SynthConfig,
     products: Sequence[Product],
-    launch_s: IntArray,
-    new_idx: IntArray,
-    tastes: Mapping[str, FloatArray],
-    appeal: FloatArray,
+    launch_s: I64Array,
+    new_idx: I64Array,
+    tastes: Mapping[str, F64Array],
+    appeal: F64Array,
     user_ids: Sequence[str],
     rng: np.random.Generator,
 ) -> list[Interaction]:

@@ -13,8 +13,9 @@ from types import MappingProxyType
 
 import numpy as np
 
+from newarrivals.indexer.arrays import I64Array
 from newarrivals.indexer.catalog.schema import Product, TextSource
-from newarrivals.indexer.catalog.synth.config import SECONDS_PER_DAY, IntArray, SynthConfig
+from newarrivals.indexer.catalog.synth.config import SECONDS_PER_DAY, SynthConfig
 from newarrivals.indexer.catalog.synth.vocabulary import (
     BRANDS,
     GARMENT_TYPES,
@@ -148,7 +149,7 @@ def _price(band_name: str, rng: np.random.Generator) -> float:
     return min(max(price, band.low), band.high)
 
 
-def _launch_seconds(config: SynthConfig, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
+def _launch_seconds(config: SynthConfig, rng: np.random.Generator) -> tuple[I64Array, I64Array]:
     """Launch offsets (seconds from ``start``) and the indices of the new arrivals.
 
     Old products launch between one history-length before ``start`` and the cutoff, so the
@@ -166,7 +167,7 @@ def _launch_seconds(config: SynthConfig, rng: np.random.Generator) -> tuple[IntA
 
 def make_products(
     config: SynthConfig, rng: np.random.Generator
-) -> tuple[list[Product], IntArray, IntArray]:
+) -> tuple[list[Product], I64Array, I64Array]:
     """The products, their launch offsets in seconds, and the new-arrival indices."""
     launch_s, new_idx = _launch_seconds(config, rng)
     is_new = np.zeros(config.n_products, dtype=bool)

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from newarrivals.indexer.arrays import F64Array
 from newarrivals.indexer.catalog.schema import Catalog
-from newarrivals.indexer.catalog.synth.config import FloatArray, SynthConfig
+from newarrivals.indexer.catalog.synth.config import SynthConfig
 from newarrivals.indexer.catalog.synth.vocabulary import TASTE_ATTRIBUTES, attribute_values
 from newarrivals.indexer.errors import CatalogError
 
@@ -57,7 +58,7 @@ class GroundTruth:
             math.log(tastes[a][attrs[a]]) for a in TASTE_ATTRIBUTES
         )
 
-    def relevance_matrix(self, user_ids: Sequence[str], product_ids: Sequence[str]) -> FloatArray:
+    def relevance_matrix(self, user_ids: Sequence[str], product_ids: Sequence[str]) -> F64Array:
         """True utilities, shape ``(len(user_ids), len(product_ids))``; higher is better."""
         out = np.zeros((len(user_ids), len(product_ids)))
         out += np.array([self.product_appeal[p] for p in product_ids])[None, :]
@@ -140,7 +141,7 @@ class SyntheticCatalog:
         """See :meth:`GroundTruth.true_utility`."""
         return self.truth.true_utility(user_id, product_id)
 
-    def relevance_matrix(self, user_ids: Sequence[str], product_ids: Sequence[str]) -> FloatArray:
+    def relevance_matrix(self, user_ids: Sequence[str], product_ids: Sequence[str]) -> F64Array:
         """See :meth:`GroundTruth.relevance_matrix`."""
         return self.truth.relevance_matrix(user_ids, product_ids)
 
