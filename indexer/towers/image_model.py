@@ -18,6 +18,11 @@ from newarrivals.indexer.towers.image_config import (
     WEIGHTS_FILE,
     ImageTowerConfig,
 )
+from newarrivals.indexer.towers.pretrained import (
+    IMAGENET_INIT,
+    PRETRAINED_BACKBONES,
+    imagenet_state_dict,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -26,10 +31,12 @@ __all__ = [
     "MAX_LOGIT_SCALE",
     "MEAN",
     "STD",
+    "backbone_stage",
     "init_state_dict",
     "load_matching_weights",
     "model_config",
     "new_model",
+    "normalisation",
     "preprocess_config",
 ]
 
@@ -65,15 +72,22 @@ def model_config(config: ImageTowerConfig, embed_dim: int) -> dict[str, Any]:
     return {"embed_dim": embed_dim, "vision_cfg": vision, "text_cfg": dict(_STUB_TEXT_CFG), **extra}
 
 
-def preprocess_config(image_size: int) -> dict[str, Any]:
+def normalisation(architecture: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input mean and std: a packaged backbone's own, else open_clip's default."""
+    backbone = PRETRAINED_BACKBONES.get(architecture)
+    return (backbone.mean, backbone.std) if backbone is not None else (MEAN, STD)
+
+
+def preprocess_config(image_size: int, architecture: str) -> dict[str, Any]:
     """open_clip's ``preprocess_cfg`` for the saved tower, matching the training cache."""
+    mean, std = normalisation(architecture)
     # "shortest" + centre-crop on a photo already padded to a square is a plain resize:
     # the same bicubic resize that filled the training cache (see decode_photo).
     return {
         "size": image_size,
         "mode": "RGB",
-        "mean": list(MEAN),
-        "std": list(STD),
+        "mean": list(mean),
+        "std": list(std),
         "interpolation": "bicubic",
         "resize_mode": "shortest",
         "fill_color": 0,
@@ -98,6 +112,8 @@ def init_state_dict(init: str, architecture: str) -> dict[str, torch.Tensor]:
     """The tensors named by ``init`` (see :class:`ImageTowerConfig`), on the CPU."""
     from safetensors.torch import load_file
 
+    if init == IMAGENET_INIT:
+        return imagenet_state_dict(architecture)
     path_text = init[len(LOCAL_PREFIX) :] if init.startswith(LOCAL_PREFIX) else init
     path = Path(path_text)
     if path.is_dir():
@@ -155,3 +171,19 @@ def load_matching_weights(model: Any, state: dict[str, torch.Tensor], init: str)
         len(skipped),
         f" ({', '.join(skipped[:5])}{'...' if len(skipped) > 5 else ''})" if skipped else "",
     )
+
+
+def backbone_stage(name: str, n_blocks: int) -> int | None:
+    """The stage of a staged (``blocks.N``) timm backbone that parameter ``name`` of the
+    tower belongs to, counted from the output: 0 is the final 1x1 convolution and its norm,
+    ``k`` is ``blocks.{n_blocks - k}``, ``n_blocks + 1`` the stem; ``None`` for a parameter
+    outside the backbone (the projection head, the temperature)."""
+    prefix = "visual.trunk."
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix) :]
+    if rest.startswith("blocks."):
+        return n_blocks - int(rest.split(".")[1])
+    if rest.startswith(("conv_head.", "bn2.")):
+        return 0
+    return n_blocks + 1

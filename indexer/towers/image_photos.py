@@ -78,6 +78,8 @@ class PhotoBatches:
         *,
         channels_last: bool,
         generator: torch.Generator,
+        mean: tuple[float, ...] = MEAN,
+        std: tuple[float, ...] = STD,
     ) -> None:
         import torch
 
@@ -85,8 +87,8 @@ class PhotoBatches:
         self.device = device
         self.channels_last = channels_last
         self.generator = generator
-        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         import torch

@@ -35,13 +35,16 @@ from newarrivals.indexer.towers.image_model import (
     load_matching_weights,
     model_config,
     new_model,
+    normalisation,
     preprocess_config,
 )
 from newarrivals.indexer.towers.image_photos import PhotoBatches, decode_photos, embed_photos
+from newarrivals.indexer.towers.image_schedule import FreezeSchedule, param_groups
+from newarrivals.indexer.towers.pretrained import SCRATCH_INIT
 from newarrivals.indexer.towers.training_loop import EpochOutcome, TimeBudget, run_epochs
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 __all__ = ["image_text_recall", "train_image_tower"]
 
@@ -121,21 +124,6 @@ def _lr_at(config: ImageTowerConfig, step: int, progress: float) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """Visual parameters and the temperature; no decay on biases, norms and the scale."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not (name.startswith("visual.") or name == "logit_scale"):
-            p.requires_grad_(False)  # the stub text tower never trains
-            continue
-        (no_decay if p.ndim < 2 or name == "logit_scale" else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def train_image_tower(
     products: Sequence[Product],
     text_vectors: np.ndarray,
@@ -193,7 +181,8 @@ def train_image_tower(
     channels_last = "timm_model_name" in model_cfg["vision_cfg"]
     untrained = new_model(model_cfg, config.seed)
     model = untrained
-    if config.init is not None:
+    starts_pretrained = config.init not in (None, SCRATCH_INIT)
+    if config.init is not None and starts_pretrained:
         model = copy.deepcopy(untrained)
         load_matching_weights(model, init_state_dict(config.init, config.architecture), config.init)
     text_all = l2_normalize(np.asarray(text_vectors, dtype=np.float32))
@@ -250,7 +239,10 @@ def train_image_tower(
     photos = torch.from_numpy(photos_np).permute(0, 3, 1, 2).contiguous()  # (n, 3, s, s)
     del photos_np
     generator = torch.Generator().manual_seed(config.seed)
-    batches = PhotoBatches(photos, device, channels_last=channels_last, generator=generator)
+    mean, std = normalisation(config.architecture)
+    batches = PhotoBatches(
+        photos, device, channels_last=channels_last, generator=generator, mean=mean, std=std
+    )
     eval_bs = max(config.batch_size, 256)
 
     def recall(model: Any, cache_rows: np.ndarray, texts: np.ndarray) -> dict[str, float]:
@@ -265,7 +257,7 @@ def train_image_tower(
     untrained = prepare(untrained)
     valid_untrained = recall(untrained, valid_cache, texts_valid)
     test_untrained = recall(untrained, test_cache, texts_test)
-    if config.init is not None:
+    if starts_pretrained:
         model = prepare(model)
         valid_initial = recall(model, valid_cache, texts_valid)
         del untrained
@@ -279,7 +271,11 @@ def train_image_tower(
         valid_initial,
     )
 
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    assert config.backbone_lr_scale is not None  # resolved by ImageTowerConfig
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config.weight_decay, config.backbone_lr_scale), lr=config.lr
+    )
+    schedule = FreezeSchedule(model, config)
     text_dev = torch.from_numpy(texts_train).to(device)
     n_train = len(train_cache)
     bs = min(config.batch_size, n_train)
@@ -289,18 +285,22 @@ def train_image_tower(
 
     step, seen, step_seconds = 0, 0, 0.0
     model.train()
+    schedule.update(0.0)
     bar = tqdm(total=None, desc="align", unit="step", disable=not progress)
 
     def run_epoch(epoch: int, budget: TimeBudget) -> EpochOutcome[None]:
         nonlocal step, seen, step_seconds
         perm = torch.randperm(n_train, generator=generator)
+        schedule.freeze_norms()  # the held-out recall put every layer back in train mode
         for b in range(steps_per_epoch):
             if budget.expired():
                 break
             t_step = time.perf_counter()
-            lr = _lr_at(config, step, max(budget.fraction(), step / total_steps))
+            progress = max(budget.fraction(), step / total_steps)
+            schedule.update(progress)
+            lr = _lr_at(config, step, progress)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             pos = perm[b * bs : (b + 1) * bs]
             x = (
                 batches.augmented(torch.from_numpy(train_cache)[pos])
@@ -379,7 +379,10 @@ def train_image_tower(
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(
             json.dumps(
-                {"model_cfg": model_cfg, "preprocess_cfg": preprocess_config(config.image_size)},
+                {
+                    "model_cfg": model_cfg,
+                    "preprocess_cfg": preprocess_config(config.image_size, config.architecture),
+                },
                 indent=2,
             )
         )
